@@ -1,0 +1,146 @@
+"""One installation: its identity on disk, and the services opened from it.
+
+``fleetguard init`` calls :func:`initialize`, which writes ``installation.json`` (id, trust domain,
+event-log origin) and the Ed25519 key that signs event-log checkpoints under the data directory, and
+creates the first admin token. Every other command opens a :class:`Runtime` from the same settings:
+the database (migrated), event log, bus, relay, inventory and token store, wired together once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetguard.api.tokens import Role, TokenStore
+from fleetguard.config import Settings
+from fleetguard.errors import Conflict, FleetguardError, InvalidInput
+from fleetguard.events.bus import EventBus, open_bus
+from fleetguard.events.checkpoint import CheckpointSigner, generate_signing_key, load_signing_key
+from fleetguard.events.entry import NewEvent
+from fleetguard.events.log import EventLog
+from fleetguard.events.relay import EventRelay
+from fleetguard.inventory.service import Inventory
+from fleetguard.store.database import Database, open_database
+from fleetguard.types import parse_utc
+
+__all__ = ["Installation", "NotInitialized", "Runtime", "initialize"]
+
+INSTALLATION_FILE = "installation.json"
+SIGNING_KEY_FILE = Path("keys") / "event-log-ed25519.pem"
+# RFC 9110-style DNS name: labels of letters, digits and hyphens; SPIFFE trust domains are DNS-like.
+_TRUST_DOMAIN = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+class NotInitialized(FleetguardError):
+    """The data directory holds no installation."""
+
+    status = 503
+    code = "not-initialized"
+
+
+@dataclass(frozen=True, slots=True)
+class Installation:
+    """What ``installation.json`` records."""
+
+    id: str
+    trust_domain: str
+    created_at: dt.datetime
+
+    @property
+    def origin(self) -> str:
+        """The event log's name in signed tree heads."""
+        return f"{self.trust_domain}/fleetguard/{self.id}"
+
+
+def initialize(settings: Settings, trust_domain: str, *, now: dt.datetime) -> tuple[Installation, str]:
+    """Create the installation in ``settings.data_dir``; return it and the first admin token.
+
+    Raises:
+        Conflict: the data directory already holds an installation.
+        InvalidInput: the trust domain is not a DNS name.
+    """
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
+        raise InvalidInput(f"trust domain {trust_domain[:80]!r} must be a lower-case DNS name")
+    data_dir = settings.data_dir
+    path = data_dir / INSTALLATION_FILE
+    if path.exists():
+        raise Conflict(f"{data_dir} already holds an installation", hint="use it, or pick another --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    (data_dir / SIGNING_KEY_FILE).parent.mkdir(mode=0o700, exist_ok=True)
+    generate_signing_key(data_dir / SIGNING_KEY_FILE)
+    installation = Installation(id=str(uuid.uuid4()), trust_domain=trust_domain, created_at=now)
+    runtime = Runtime(settings, installation)
+    try:
+        _, token = runtime.tokens.create("initial admin", Role.ADMIN, actor="fleetguard init", now=now)
+        with runtime.database.transaction() as session:
+            runtime.log.append(
+                session,
+                NewEvent(actor="fleetguard init", subject="installation", action="installation.created",
+                         data={"trust_domain": trust_domain, "id": installation.id}),
+                now=now,
+            )  # fmt: skip
+    finally:
+        runtime.close()
+    _write_installation(path, installation)
+    return installation, token
+
+
+class Runtime:
+    """The services of one installation, opened once and shared by the API, CLI and workers."""
+
+    def __init__(self, settings: Settings, installation: Installation | None = None) -> None:
+        self.settings = settings
+        self.installation = installation or load_installation(settings.data_dir)
+        self.database: Database = open_database(
+            settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        )
+        self.log = EventLog(self.database, self.installation.origin)
+        self.bus: EventBus = open_bus(settings.bus_url)
+        self.relay = EventRelay(self.database, self.log, self.bus, partitions=settings.bus_partitions)
+        self.inventory = Inventory(self.database, self.log, on_commit=self.relay.pump)
+        self.tokens = TokenStore(self.database, self.log)
+
+    def signer(self) -> CheckpointSigner:
+        """Return the checkpoint signer (reads the key file; fails closed on a bad one)."""
+        key = load_signing_key(self.settings.data_dir / SIGNING_KEY_FILE)
+        return CheckpointSigner(key, self.installation.origin)
+
+    def close(self) -> None:
+        """Close the bus and the database."""
+        self.bus.close()
+        self.database.close()
+
+
+def load_installation(data_dir: Path) -> Installation:
+    """Read ``installation.json``; raise :class:`NotInitialized` if it is missing or unreadable."""
+    path = data_dir / INSTALLATION_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return Installation(
+            id=str(record["id"]),
+            trust_domain=str(record["trust_domain"]),
+            created_at=parse_utc(str(record["created_at"])),
+        )
+    except FileNotFoundError as exc:
+        raise NotInitialized(f"no installation in {data_dir}", hint="run: fleetguard init") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise NotInitialized(f"{path} is unreadable: {exc}", hint="restore it from backup") from exc
+
+
+def _write_installation(path: Path, installation: Installation) -> None:
+    record = {
+        "id": installation.id,
+        "trust_domain": installation.trust_domain,
+        "created_at": installation.created_at.isoformat(),
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,148 @@
+"""The database handle: engine set-up, automatic migrations, and transactions with clear errors.
+
+SQLite is opened in WAL mode with foreign keys on and a busy timeout, and every transaction starts
+with ``BEGIN IMMEDIATE`` so that two writers queue for the lock instead of failing on upgrade (the
+event log's hash chain needs appends to be serialized). Driver exceptions never leave this module:
+they become :mod:`fleetguard.store.errors` leaves that say what happened and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey, StoreUnavailable
+
+__all__ = ["Database", "open_database"]
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Database:
+    """An engine plus a session factory; use :meth:`transaction` for every unit of work."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the backend is SQLite."""
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Yield a session in one transaction; commit on success, roll back on any error.
+
+        Raises:
+            ConcurrentUpdate: a row changed since it was read (optimistic locking).
+            DuplicateKey: a unique or foreign key constraint refused the change.
+            StoreUnavailable: the database is locked, full or unreachable.
+        """
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except StaleDataError as exc:
+            raise ConcurrentUpdate(
+                "the record was changed by someone else since it was read",
+                hint="read it again and retry",
+            ) from exc
+        except IntegrityError as exc:
+            raise DuplicateKey(f"constraint refused the change: {_driver_message(exc)}") from exc
+        except OperationalError as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        """Run a trivial query; raise :class:`StoreUnavailable` if the database does not answer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            raise _unavailable(exc) from exc
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        self.engine.dispose()
+
+
+def open_database(url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> Database:
+    """Open (and by default migrate to the newest schema) the database at ``url``.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached or migrated.
+    """
+    engine = _create_engine(url, busy_timeout_ms)
+    database = Database(engine)
+    if migrate:
+        try:
+            upgrade_schema(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise _unavailable(exc) from exc
+    return database
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Apply every pending alembic migration to ``engine``'s database."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _create_engine(url: str, busy_timeout_ms: int) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    _configure_sqlite(engine, busy_timeout_ms)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    # pysqlite's own transaction handling is switched off so that we can issue BEGIN IMMEDIATE
+    # (SQLAlchemy documents this recipe under "Serializable isolation / Savepoints / Transactional DDL").
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _driver_message(exc: DBAPIError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+
+
+def _unavailable(exc: DBAPIError) -> StoreUnavailable:
+    message = _driver_message(exc)
+    lowered = message.lower()
+    if "locked" in lowered or "busy" in lowered:
+        hint = "another process holds the database lock; retry, or stop the other writer"
+    elif "full" in lowered or "no space" in lowered:
+        hint = "the disk holding the database is full; free space and retry"
+    else:
+        hint = "check that the database is running and reachable"
+    return StoreUnavailable(f"database unavailable: {message}", hint=hint)

@@ -1,0 +1,183 @@
+"""SQLAlchemy 2 table models: the one schema every capability shares.
+
+The migrations under ``migrations/versions`` create exactly these tables; a unit test compares them.
+Capabilities read each other's data through services, never through these classes directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from fleetguard.types import ensure_utc
+
+__all__ = [
+    "ApiTokenRow",
+    "Base",
+    "BusCursorRow",
+    "CheckpointRow",
+    "DeviceRow",
+    "DeviceTypeRow",
+    "EventHeadRow",
+    "EventRow",
+    "SiteRow",
+    "UtcDateTime",
+]
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database returns."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: fleetguard stores UTC only")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else ensure_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every fleetguard table."""
+
+
+class SiteRow(Base):
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class DeviceTypeRow(Base):
+    __tablename__ = "device_types"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(256), default="")
+    model: Mapped[str] = mapped_column(String(256), default="")
+    mud_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("manufacturer", "serial", name="uq_devices_manufacturer_serial"),
+        Index("ix_devices_state", "state"),
+        Index("ix_devices_site", "site_id"),
+        Index("ix_devices_type", "device_type_id"),
+        Index("ix_devices_model", "model"),
+        Index("ix_devices_firmware", "firmware_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(128))
+    manufacturer: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256), default="")
+    device_type_id: Mapped[str | None] = mapped_column(
+        String(128), ForeignKey("device_types.id", ondelete="RESTRICT"), nullable=True
+    )
+    hardware_revision: Mapped[str] = mapped_column(String(128), default="")
+    firmware_version: Mapped[str] = mapped_column(String(128), default="")
+    mud_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    site_id: Mapped[str | None] = mapped_column(
+        String(128), ForeignKey("sites.id", ondelete="RESTRICT"), nullable=True
+    )
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    owner: Mapped[str] = mapped_column(String(256), default="")
+    state: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    # Optimistic locking: every UPDATE carries "WHERE version = <read version>" and bumps it, so two
+    # concurrent writers cannot both succeed (SQLAlchemy raises StaleDataError for the loser).
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's declared API
+
+
+class EventRow(Base):
+    """One entry of the hash-chained event log. Rows are only ever inserted."""
+
+    __tablename__ = "event_log"
+    __table_args__ = (
+        Index("ix_event_log_subject", "subject"),
+        Index("ix_event_log_action", "action"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    data: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class EventHeadRow(Base):
+    """The last appended entry; a single row that serializes appends across processes."""
+
+    __tablename__ = "event_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class CheckpointRow(Base):
+    """A signed tree head over the first ``tree_size`` entries (RFC 9162 style)."""
+
+    __tablename__ = "event_checkpoints"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class BusCursorRow(Base):
+    """How far the event relay has published the log to the bus (the outbox cursor)."""
+
+    __tablename__ = "bus_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiTokenRow(Base):
+    """An operator API token; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

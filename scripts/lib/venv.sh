@@ -13,18 +13,20 @@ FG_VENV_DIR="${FG_VENV_DIR:-.venv}"
 FG_VENV_STAMP="$FG_VENV_DIR/.fleetguard-installed"
 FG_MIN_PYTHON="3.11"
 
-# Print the path of the interpreter to build the venv with: python3.11 first, then python3,
-# provided it is at least $FG_MIN_PYTHON.
+# Print the path of the interpreter to build the venv with: python3.11 first, then newer ones,
+# then python3; the first that is at least $FG_MIN_PYTHON and can create a venv.
 fg_pick_python() {
     local candidate path
     for candidate in python3.11 python3.12 python3.13 python3; do
         path="$(command -v "$candidate" 2>/dev/null)" || continue
-        if "$path" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+        # Debian's own python3.11 lacks ensurepip unless python3-venv is installed: skip it then.
+        if "$path" -c 'import sys, ensurepip, venv; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+            >/dev/null 2>&1; then
             printf '%s\n' "$path"
             return 0
         fi
     done
-    echo "error: no Python >= $FG_MIN_PYTHON found (looked for python3.11, python3.12, python3.13, python3)" >&2
+    echo "error: no Python >= $FG_MIN_PYTHON with venv/ensurepip found (looked for python3.11, python3.12, python3.13, python3)" >&2
     return 1
 }
 

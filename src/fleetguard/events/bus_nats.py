@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import nats.errors
 import nats.js.errors
@@ -161,7 +162,7 @@ class NatsBus:
         loop = _LoopThread()
         client = Client()
         try:
-            loop.call(_open(client, url, timeout_s), timeout_s + _MARGIN_S)
+            _connect(loop, client, url, timeout_s)
             max_payload_bytes = min(max_payload_bytes, client.max_payload)
             stream = _stream_config(max_payload_bytes, stream_max_messages, stream_max_bytes)
             loop.call(_ensure_stream(client.jetstream(timeout=timeout_s), stream), timeout_s)
@@ -291,6 +292,18 @@ def _stream_config(max_msg_size: int, max_msgs: int, max_bytes: int) -> StreamCo
         max_msg_size=max_msg_size,
         discard=DiscardPolicy.OLD,
     )
+
+
+def _connect(loop: _LoopThread, client: Client, url: str, timeout_s: float) -> None:
+    """Connect ``client`` on ``loop``; raise ``BusError`` naming the server (not its credentials)."""
+    parts = urlsplit(url)
+    try:
+        loop.call(_open(client, url, timeout_s), timeout_s)
+    except BusError as exc:
+        raise BusError(
+            f"cannot reach NATS at {parts.hostname}:{parts.port or 4222} within {timeout_s} s",
+            hint="start nats-server with -js, or check FLEETGUARD_BUS_URL",
+        ) from exc
 
 
 async def _open(client: Client, url: str, timeout_s: float) -> None:

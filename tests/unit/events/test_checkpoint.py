@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_note_round_trips_and_verifies() -> None:
     assert parsed == CheckpointSigner(KEY, ORIGIN).sign(HEAD)
     assert parsed.head.timestamp.tzinfo is dt.UTC
     assert parsed.to_note() == note
-    assert verify_tree_head(parsed, KEY.public_key()) is None
+    verify_tree_head(parsed, KEY.public_key())
 
 
 timestamps = st.datetimes(
@@ -125,7 +126,7 @@ def test_any_signed_head_round_trips_through_its_note(head: TreeHead) -> None:
     sth = CheckpointSigner(KEY, head.origin).sign(head)
     parsed = SignedTreeHead.from_note(sth.to_note())
     assert parsed == sth
-    assert verify_tree_head(parsed, KEY.public_key()) is None
+    verify_tree_head(parsed, KEY.public_key())
 
 
 @given(st.text(max_size=400))
@@ -149,19 +150,22 @@ def test_any_changed_character_is_rejected(position: int, delta: int) -> None:
 # -- tampering and wrong keys ----------------------------------------------------------------------
 
 
+SIGNATURE_INVALID = r"^checkpoint signature for fleetguard\.example/events at size \d+ is invalid$"
+
+
 @pytest.mark.parametrize(
-    ("index", "line"),
+    ("index", "line", "pattern"),
     [
-        (0, "fleetguard.example/other"),
-        (1, "43"),
-        (2, base64.b64encode(bytes(32)).decode()),
-        (3, "2025-03-04T05:06:08.000890Z"),
+        (0, "fleetguard.example/other", r"^checkpoint key id [0-9a-f]{16} is not the expected"),
+        (1, "43", SIGNATURE_INVALID),
+        (2, base64.b64encode(bytes(32)).decode(), SIGNATURE_INVALID),
+        (3, "2025-03-04T05:06:08.000890Z", SIGNATURE_INVALID),
     ],
     ids=["origin", "size", "root", "timestamp"],
 )
-def test_tampered_body_fails_verification(index: int, line: str) -> None:
+def test_tampered_body_fails_verification(index: int, line: str, pattern: str) -> None:
     tampered = SignedTreeHead.from_note(replace_line(signed_note(), index, line))
-    with pytest.raises(CheckpointError, match=r"key id|signature .* is invalid"):
+    with pytest.raises(CheckpointError, match=pattern):
         verify_tree_head(tampered, KEY.public_key())
 
 
@@ -278,18 +282,22 @@ def test_non_utc_timestamp_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "pattern"),
+    ("build", "pattern"),
     [
-        ({"tree_size": -1}, r"^tree size -1 is out of range"),
-        ({"tree_size": 2**64}, r"^tree size 18446744073709551616 is out of range"),
-        ({"root_hash": bytes(31)}, r"^root hash is 31 bytes, expected 32$"),
-        ({"origin": "a\nb"}, r"^origin 'a\\nb' is not"),
-        ({"origin": "x" * 256}, r"^origin 'x+' is not"),
+        (lambda: dataclasses.replace(HEAD, tree_size=-1), r"^tree size -1 is out of range"),
+        (
+            lambda: dataclasses.replace(HEAD, tree_size=2**64),
+            r"^tree size 18446744073709551616 is out of range",
+        ),
+        (lambda: dataclasses.replace(HEAD, root_hash=bytes(31)), r"^root hash is 31 bytes, expected 32$"),
+        (lambda: dataclasses.replace(HEAD, origin="a\nb"), r"^origin 'a\\nb' is not"),
+        (lambda: dataclasses.replace(HEAD, origin="x" * 256), r"^origin 'x{64}' is not"),
     ],
+    ids=["negative size", "size above uint64", "short root", "newline in origin", "long origin"],
 )
-def test_invalid_tree_head_is_rejected(change: dict[str, object], pattern: str) -> None:
+def test_invalid_tree_head_is_rejected(build: Callable[[], TreeHead], pattern: str) -> None:
     with pytest.raises(CheckpointError, match=pattern):
-        dataclasses.replace(HEAD, **change)
+        build()
 
 
 def test_invalid_signed_tree_head_is_rejected() -> None:
@@ -309,7 +317,7 @@ def test_generated_key_is_owner_only_pkcs8_and_loads(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
     key = load_signing_key(path)
     sth = CheckpointSigner(key, ORIGIN).sign(HEAD)
-    assert verify_tree_head(sth, key.public_key()) is None
+    verify_tree_head(sth, key.public_key())
 
 
 def test_generate_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def test_inclusion_proof_matches_ct_vectors(index: int, size: int) -> None:
     proof = inclusion_proof(CT_LEAF_HASHES, index, size)
     assert [h.hex() for h in proof] == CT_INCLUSION[index, size]
     root = bytes.fromhex(CT_ROOTS[size])
-    assert verify_inclusion(CT_LEAF_HASHES[index], index, size, proof, root) is None
+    verify_inclusion(CT_LEAF_HASHES[index], index, size, proof, root)
 
 
 @pytest.mark.parametrize(("old", "new"), sorted(CT_CONSISTENCY))
@@ -167,7 +167,7 @@ def test_consistency_proof_matches_ct_vectors(old: int, new: int) -> None:
     proof = consistency_proof(CT_LEAF_HASHES, old, new)
     assert [h.hex() for h in proof] == CT_CONSISTENCY[old, new]
     old_root, new_root = bytes.fromhex(CT_ROOTS[old]), bytes.fromhex(CT_ROOTS[new])
-    assert verify_consistency(old, new, old_root, new_root, proof) is None
+    verify_consistency(old, new, old_root, new_root, proof)
 
 
 def test_root_matches_recursive_reference_for_sizes_0_to_70() -> None:
@@ -220,7 +220,7 @@ def test_every_inclusion_proof_verifies(case: tuple[int, int]) -> None:
     size, index = case
     proof = inclusion_proof(HASHES_300, index, size)
     root = root_from_leaf_hashes(HASHES_300[:size])
-    assert verify_inclusion(HASHES_300[index], index, size, proof, root) is None
+    verify_inclusion(HASHES_300[index], index, size, proof, root)
 
 
 @given(old_and_new)
@@ -229,7 +229,7 @@ def test_every_consistency_proof_verifies(case: tuple[int, int]) -> None:
     proof = consistency_proof(HASHES_300, old, new)
     old_root = root_from_leaf_hashes(HASHES_300[:old])
     new_root = root_from_leaf_hashes(HASHES_300[:new])
-    assert verify_consistency(old, new, old_root, new_root, proof) is None
+    verify_consistency(old, new, old_root, new_root, proof)
 
 
 @given(sizes_and_index, st.integers(min_value=0), st.sampled_from(["proof", "root", "leaf"]))
@@ -357,7 +357,7 @@ def test_consistency_verify_rejects_shrinking_tree() -> None:
 def test_consistency_from_empty_tree_needs_empty_proof_and_empty_root() -> None:
     root = bytes.fromhex(CT_ROOTS[8])
     assert consistency_proof(CT_LEAF_HASHES, 0, 8) == []
-    assert verify_consistency(0, 8, EMPTY_ROOT, root, []) is None
+    verify_consistency(0, 8, EMPTY_ROOT, root, [])
     with pytest.raises(ProofError, match=r"^consistency proof from 0 to 8 must be empty, has 1$"):
         verify_consistency(0, 8, EMPTY_ROOT, root, [root])
     with pytest.raises(ProofError, match=r"old root is not the empty tree's root"):
@@ -366,7 +366,7 @@ def test_consistency_from_empty_tree_needs_empty_proof_and_empty_root() -> None:
 
 def test_consistency_between_equal_sizes_needs_equal_roots() -> None:
     root = bytes.fromhex(CT_ROOTS[8])
-    assert verify_consistency(8, 8, root, root, []) is None
+    verify_consistency(8, 8, root, root, [])
     with pytest.raises(ProofError, match=r"^consistency proof: the roots at size 8 differ$"):
         verify_consistency(8, 8, root, EMPTY_ROOT, [])
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: a fresh database on each backend the store supports.
+
+``scripts/test`` starts a throwaway PostgreSQL cluster and exports ``FLEETGUARD_TEST_POSTGRES_URL``.
+Without it the PostgreSQL half of the store suite is skipped, except under CI, where a missing
+cluster is a failure (a skipped backend must not pass silently).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fleetguard.store.database import Database, open_database
+
+POSTGRES_ENV = "FLEETGUARD_TEST_POSTGRES_URL"
+
+
+def postgres_url_or_skip() -> str:
+    """Return the throwaway cluster's URL, or skip (fail under CI) when there is none."""
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail(f"{POSTGRES_ENV} is not set under CI: scripts/test must start PostgreSQL")
+    pytest.skip(f"{POSTGRES_ENV} not set: run the suite through scripts/test for PostgreSQL")
+
+
+def fresh_postgres_url() -> str:
+    """Create an empty schema in the throwaway cluster; return a URL whose search_path is it."""
+    base = postgres_url_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a fresh, empty database: SQLite in tmp_path, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleetguard.db'}"
+    return fresh_postgres_url()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """A migrated database on each backend."""
+    db = open_database(database_url)
+    yield db
+    db.close()

@@ -108,7 +108,9 @@ class _LoopThread:
         try:
             return future.result(timeout_s)
         except _NATS_FAILURES as exc:
-            future.cancel()
+            if not future.done():
+                future.cancel()
+                raise BusError(f"NATS JetStream did not answer within {timeout_s:g} s") from exc
             raise BusError(f"NATS JetStream failed: {exc!r}") from exc
 
     def stop(self) -> None:

@@ -60,6 +60,7 @@ class NewEvent:
     action: str
     reason: str = ""
     data: Mapping[str, DataValue] = field(default_factory=dict)
+    canonical_data: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, limit in _LIMITS.items():
@@ -69,12 +70,11 @@ class NewEvent:
         for name in ("actor", "subject", "action"):
             if not getattr(self, name):
                 raise InvalidInput(f"event {name} must not be empty")
-        if len(self.data_json().encode()) > _MAX_DATA_BYTES:
+        canonical = json.dumps(dict(self.data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if len(canonical.encode()) > _MAX_DATA_BYTES:
             raise InvalidInput(f"event data exceeds {_MAX_DATA_BYTES} bytes")
-
-    def data_json(self) -> str:
-        """Return ``data`` as canonical JSON: sorted keys, no insignificant whitespace."""
-        return json.dumps(dict(self.data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # ``data`` as canonical JSON (sorted keys, no insignificant whitespace), computed once.
+        object.__setattr__(self, "canonical_data", canonical)
 
 
 @dataclass(frozen=True, slots=True)

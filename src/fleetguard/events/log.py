@@ -52,7 +52,7 @@ from fleetguard.events.merkle import (
     inclusion_proof,
 )
 from fleetguard.store.database import Database
-from fleetguard.store.models import CheckpointRow, EventHeadRow, EventRow
+from fleetguard.store.models import Base, CheckpointRow, EventHeadRow, EventRow
 
 __all__ = [
     "ConsistencyProof",
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 _HEAD_ID = 1
+_EVENTS = Base.metadata.tables["event_log"]
 _STREAM_BATCH = 20_000
 _MAX_FINDINGS = 1000
 _MAX_PAGE = 10_000
@@ -169,7 +170,7 @@ class EventLog:
         entries: list[EventEntry] = []
         for event in events:
             seq += 1
-            data = event.data_json()
+            data = event.canonical_data
             digest = entry_hash(
                 seq, time_us, prev, event.actor, event.subject, event.action, event.reason, data
             )
@@ -180,7 +181,9 @@ class EventLog:
                 )
             )  # fmt: skip
             prev = digest
-        session.execute(insert(EventRow), [_row_values(entry, time_us) for entry in entries])
+        session.connection().execute(
+            insert(_EVENTS), [_row_values(entry, time_us) for entry in entries]
+        )
         session.execute(update(EventHeadRow).where(EventHeadRow.id == _HEAD_ID).values(seq=seq, hash=prev))
         return entries
 

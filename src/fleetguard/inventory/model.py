@@ -27,6 +27,7 @@ __all__ = [
 # it excludes '/', '+', '#' and whitespace (MQTT 3.1.1 section 4.7; RFC 3986 segment characters).
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_LABELS = 64
 _MAX_LABEL_VALUE = 256
 _TEXT_LIMITS = {
@@ -83,7 +84,7 @@ def _check_text(name: str, value: str | None) -> None:
     limit = _TEXT_LIMITS[name]
     if len(value) > limit:
         raise InvalidInput(f"{name} is {len(value)} characters; the limit is {limit}")
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL.search(value):
         raise InvalidInput(f"{name} contains control characters")
 
 

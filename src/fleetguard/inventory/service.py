@@ -37,7 +37,7 @@ from fleetguard.inventory.model import (
 )
 from fleetguard.store.database import Database
 from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey
-from fleetguard.store.models import DeviceRow, DeviceTypeRow, SiteRow
+from fleetguard.store.models import Base, DeviceRow, DeviceTypeRow, SiteRow
 from fleetguard.types import DeviceId, utc_now
 
 __all__ = ["Inventory", "device_event_subject"]
@@ -45,6 +45,7 @@ __all__ = ["Inventory", "device_event_subject"]
 _MAX_PAGE = 10_000
 _IMPORT_CHUNK = 5_000
 _IN_CHUNK = 500  # keeps IN lists under every backend's bound-parameter limit
+_DEVICES = Base.metadata.tables["devices"]
 _Q = TypeVar("_Q", bound=Select[Any])
 
 
@@ -85,11 +86,12 @@ class Inventory:
         now = self._clock()
         with self._db.transaction() as session:
             self._require_references(session, {spec.device_type} - {None}, {spec.site} - {None})
-            row = _new_row(spec, now)
-            self._require_unique(session, [row])
+            values = _new_values(spec, now)
+            self._require_unique(session, [values])
+            row = DeviceRow(**values)
             session.add(row)
             session.flush()
-            self._log.append(session, _registered_event(row, actor, reason), now=now)
+            self._log.append(session, _registered_event(values, actor, reason), now=now)
             device = _device(row)
         self._committed()
         return device
@@ -230,19 +232,25 @@ class Inventory:
                 with the inventory, or an unknown site or device type. Nothing is written.
         """
         now = self._clock()
-        rows = [_new_row(spec, now) for spec in specs]
+        rows = [_new_values(spec, now) for spec in specs]
         _require_unique_within(rows)
         total = len(rows)
-        with self._db.transaction() as session:
-            _require_import_references(session, specs)
-            for start in range(0, total, _IMPORT_CHUNK):
-                chunk = rows[start : start + _IMPORT_CHUNK]
-                _require_unique_in_store(session, chunk, first_row=start + 1)
-                session.execute(insert(DeviceRow), [_row_values(row) for row in chunk])
-                events = [_registered_event(row, actor, reason) for row in chunk]
-                self._log.append_many(session, events, now=now)
-                if progress is not None:
-                    progress(start + len(chunk), total)
+        try:
+            with self._db.transaction() as session:
+                _require_import_references(session, specs)
+                for start in range(0, total, _IMPORT_CHUNK):
+                    chunk = rows[start : start + _IMPORT_CHUNK]
+                    # Core insert: no ORM objects for bulk rows (the unique constraints still hold).
+                    session.connection().execute(insert(_DEVICES), chunk)
+                    events = [_registered_event(row, actor, reason) for row in chunk]
+                    self._log.append_many(session, events, now=now)
+                    if progress is not None:
+                        progress(start + len(chunk), total)
+        except DuplicateKey:
+            # Rolled back: find the offending row only now, so the common case pays no lookups.
+            with self._db.transaction() as session:
+                _require_unique_in_store(session, rows, first_row=1)
+            raise
         self._committed()
         return total
 
@@ -332,7 +340,7 @@ class Inventory:
                 raise UnknownReference(f"no site {site_id!r}", hint="create it first")
 
     @staticmethod
-    def _require_unique(session: Session, rows: list[DeviceRow]) -> None:
+    def _require_unique(session: Session, rows: list[dict[str, Any]]) -> None:
         try:
             _require_unique_in_store(session, rows, first_row=1)
         except ImportRejected as exc:
@@ -343,38 +351,38 @@ class Inventory:
 _COLUMN = {"device_type": "device_type_id", "site": "site_id"}
 
 
-def _new_row(spec: DeviceSpec, now: dt.datetime) -> DeviceRow:
-    return DeviceRow(
-        id=spec.id or str(uuid.uuid4()),
-        serial=spec.serial,
-        manufacturer=spec.manufacturer,
-        model=spec.model,
-        device_type_id=spec.device_type,
-        hardware_revision=spec.hardware_revision,
-        firmware_version=spec.firmware_version,
-        mud_url=spec.mud_url,
-        site_id=spec.site,
-        owner=spec.owner,
-        labels=dict(spec.labels),
-        state=State.REGISTERED.value,
-        created_at=now,
-        updated_at=now,
-        last_seen=None,
-        version=1,
-    )
+def _new_values(spec: DeviceSpec, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": spec.id or str(uuid.uuid4()),
+        "serial": spec.serial,
+        "manufacturer": spec.manufacturer,
+        "model": spec.model,
+        "device_type_id": spec.device_type,
+        "hardware_revision": spec.hardware_revision,
+        "firmware_version": spec.firmware_version,
+        "mud_url": spec.mud_url,
+        "site_id": spec.site,
+        "owner": spec.owner,
+        "labels": dict(spec.labels),
+        "state": State.REGISTERED.value,
+        "created_at": now,
+        "updated_at": now,
+        "last_seen": None,
+        "version": 1,
+    }
 
 
-def _row_values(row: DeviceRow) -> dict[str, object]:
-    return {column: getattr(row, column) for column in DeviceRow.__table__.columns.keys()}  # noqa: SIM118
-
-
-def _registered_event(row: DeviceRow, actor: str, reason: str) -> NewEvent:
+def _registered_event(values: dict[str, Any], actor: str, reason: str) -> NewEvent:
     return NewEvent(
         actor=actor,
-        subject=device_event_subject(row.id),
+        subject=device_event_subject(values["id"]),
         action="device.registered",
         reason=reason,
-        data={"serial": row.serial, "manufacturer": row.manufacturer, "to": State.REGISTERED.value},
+        data={
+            "serial": values["serial"],
+            "manufacturer": values["manufacturer"],
+            "to": State.REGISTERED.value,
+        },
     )
 
 
@@ -411,30 +419,32 @@ def _require_version(row: DeviceRow, expected: int | None) -> None:
         )
 
 
-def _require_unique_within(rows: list[DeviceRow]) -> None:
+def _require_unique_within(rows: list[dict[str, Any]]) -> None:
     ids: dict[str, int] = {}
     serials: dict[tuple[str, str], int] = {}
     for number, row in enumerate(rows, start=1):
-        if row.id in ids:
-            raise ImportRejected(number, f"device id {row.id!r} repeats row {ids[row.id]}")
-        key = (row.manufacturer, row.serial)
+        if row["id"] in ids:
+            raise ImportRejected(number, f"device id {row['id']!r} repeats row {ids[row['id']]}")
+        key = (row["manufacturer"], row["serial"])
         if key in serials:
             raise ImportRejected(
-                number, f"serial {row.serial!r} of {row.manufacturer!r} repeats row {serials[key]}"
+                number, f"serial {row['serial']!r} of {row['manufacturer']!r} repeats row {serials[key]}"
             )
-        ids[row.id] = number
+        ids[row["id"]] = number
         serials[key] = number
 
 
-def _require_unique_in_store(session: Session, rows: list[DeviceRow], *, first_row: int) -> None:
-    position = {row.id: i for i, row in enumerate(rows)}
-    serials = {(row.manufacturer, row.serial): i for i, row in enumerate(rows)}
+def _require_unique_in_store(session: Session, rows: list[dict[str, Any]], *, first_row: int) -> None:
+    position = {row["id"]: i for i, row in enumerate(rows)}
+    serials = {(row["manufacturer"], row["serial"]): i for i, row in enumerate(rows)}
     for start in range(0, len(rows), _IN_CHUNK):
         part = rows[start : start + _IN_CHUNK]
-        taken = session.execute(select(DeviceRow.id).where(DeviceRow.id.in_([r.id for r in part]))).scalars()
+        taken = session.execute(
+            select(DeviceRow.id).where(DeviceRow.id.in_([r["id"] for r in part]))
+        ).scalars()
         for device_id in taken:
             raise ImportRejected(first_row + position[device_id], f"device id {device_id!r} exists already")
-        pairs = [(r.manufacturer, r.serial) for r in part]
+        pairs = [(r["manufacturer"], r["serial"]) for r in part]
         clash = session.execute(
             select(DeviceRow.manufacturer, DeviceRow.serial, DeviceRow.id).where(
                 tuple_(DeviceRow.manufacturer, DeviceRow.serial).in_(pairs)

@@ -1,0 +1,99 @@
+"""How commands print: JSON for scripts, rich tables and field lists for people, progress on stderr.
+
+Results go to stdout and nothing else does, so ``--json`` output can be piped; progress bars and
+notices go to stderr. Values are rendered as plain text (never as rich markup), so a device named
+``[red]`` prints as written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "JsonFlag",
+    "print_fields",
+    "print_json",
+    "print_notice",
+    "print_table",
+    "progress_bar",
+    "stderr_console",
+    "stdout_console",
+]
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")]
+
+
+def stdout_console() -> Console:
+    """Return a console on the current stdout (made per use, so redirected streams are honoured)."""
+    return Console(highlight=False)
+
+
+def stderr_console() -> Console:
+    """Return a console on the current stderr."""
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(value: object) -> None:
+    """Print ``value`` as indented JSON on stdout."""
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, empty: str) -> None:
+    """Print ``rows`` as a table under ``columns``; print ``empty`` instead when there are none."""
+    table = Table(*columns, box=None, header_style="bold", pad_edge=False)
+    for row in rows:
+        table.add_row(*(Text(_cell(value)) for value in row))
+    if table.row_count == 0:
+        print_notice(empty)
+        return
+    stdout_console().print(table)
+
+
+def print_fields(fields: Sequence[tuple[str, object]]) -> None:
+    """Print name/value pairs as two aligned columns."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in fields:
+        table.add_row(Text(name), Text(_cell(value)))
+    stdout_console().print(table)
+
+
+def print_notice(text: str) -> None:
+    """Print a one-line message for people on stderr."""
+    typer.echo(text, err=True)
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    """Return a progress display on stderr; it shows nothing when stderr is not a terminal."""
+    target = console or stderr_console()
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<11}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=target,
+        disable=not target.is_terminal,
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return str(value)

@@ -1,0 +1,165 @@
+"""``fleetguard up``: the API and the background services in one process, on the embedded defaults.
+
+Start-up order: open the runtime (database migrated), publish any event-log entries that a previous
+process committed but did not publish (the log is the outbox), load the checkpoint signing key (fail
+closed on a bad one), bind the port (a taken port is a one-line error), then serve. SIGINT and
+SIGTERM stop the server gracefully; the checkpointer then signs a last checkpoint, the runtime is
+closed and the process exits 0.
+"""
+
+import errno
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from fleetguard.cli.checkpointer import Checkpointer
+from fleetguard.cli.context import CliContext, cli_context
+from fleetguard.cli.output import stdout_console
+from fleetguard.errors import InvalidInput, Unavailable
+from fleetguard.installation import Runtime
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["masked_url", "up_command"]
+
+_GRACEFUL_SHUTDOWN_S = 10
+
+Host = Annotated[
+    str | None,
+    typer.Option("--host", help="Address to listen on (default: FLEETGUARD_API_HOST, else 127.0.0.1)."),
+]
+Port = Annotated[
+    int | None,
+    typer.Option("--port", min=0, max=65535, help="Port to listen on (default: FLEETGUARD_API_PORT, else 8470)."),
+]
+
+
+def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None:
+    """Run the API and the background services in one process until Ctrl-C or SIGTERM.
+
+    Uses the embedded defaults: SQLite in the data directory and the in-process event bus, unless
+    --database-url or FLEETGUARD_BUS_URL say otherwise. Signs an event-log checkpoint every
+    FLEETGUARD_CHECKPOINT_INTERVAL_S seconds while the log grows. Prints where the API, its
+    documentation and metrics are. Fails (exit 1) if the port is taken.
+    """
+    context = cli_context(ctx)
+    settings = context.settings
+    with context.runtime() as runtime:
+        runtime.relay.pump()
+        checkpointer = Checkpointer(runtime.log, runtime.signer(), interval_s=settings.checkpoint_interval_s)
+        with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
+            server = _server(runtime, verbose=context.verbose)
+            _print_banner(context, listener)
+            checkpointer.start()
+            try:
+                with _stop_on_signals(server):
+                    _serve(server, listener)
+            finally:
+                checkpointer.stop()
+
+
+def _server(runtime: Runtime, *, verbose: bool) -> "uvicorn.Server":
+    import uvicorn
+
+    try:
+        from fleetguard.api.app import create_app
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("fleetguard.api"):
+            raise
+        raise Unavailable("this build has no HTTP API (fleetguard.api.app is missing)") from exc
+    config = uvicorn.Config(
+        create_app(runtime),
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        server_header=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+    )
+    return uvicorn.Server(config)
+
+
+def _serve(server: "uvicorn.Server", listener: socket.socket) -> None:
+    try:
+        server.run(sockets=[listener])
+    except SystemExit as exc:  # uvicorn exits the process when the application fails to start
+        raise Unavailable("the API failed to start", hint="run again with -v and read the log above") from exc
+
+
+@contextmanager
+def _listen(host: str, port: int) -> Iterator[socket.socket]:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((host, port), family=family)
+    except socket.gaierror as exc:
+        raise InvalidInput(f"cannot resolve --host {host!r}: {exc.strerror}") from exc
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise Unavailable(
+                f"port {port} on {host} is already in use", hint="stop the other server or pass --port"
+            ) from exc
+        raise InvalidInput(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
+    with listener:
+        yield listener
+
+
+@contextmanager
+def _stop_on_signals(server: "uvicorn.Server") -> Iterator[None]:
+    """Make SIGINT and SIGTERM ask ``server`` to stop, before it starts and after it re-raises them.
+
+    uvicorn installs its own handlers while it runs and, once stopped, re-raises the signals it
+    caught for the handlers it found; these handlers make that a request to stop, not a crash.
+    """
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_banner(context: CliContext, listener: socket.socket) -> None:
+    host, port = listener.getsockname()[:2]
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    settings = context.settings
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for name, value in (
+        ("API", f"{base}/v1"),
+        ("API docs", f"{base}/docs  (OpenAPI: {base}/openapi.json)"),
+        ("metrics", f"{base}/metrics"),
+        ("health", f"{base}/healthz"),
+        ("data dir", str(settings.data_dir.resolve())),
+        ("database", masked_url(settings.resolved_database_url)),
+        ("event bus", masked_url(settings.bus_url)),
+        ("API token", "the admin token `fleetguard init` printed, or: fleetguard tokens create NAME --role operator"),
+    ):
+        grid.add_row(Text(name), Text(value))
+    console = stdout_console()
+    console.print(Panel(grid, title="fleetguard is running", subtitle="Ctrl-C to stop", expand=False))
+    sys.stdout.flush()
+
+
+def masked_url(url: str) -> str:
+    """Return ``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))

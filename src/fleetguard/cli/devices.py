@@ -57,9 +57,13 @@ app.command("export")(export_command)
 _LIST_COLUMNS = ("id", "serial", "manufacturer", "model", "state", "site", "firmware", "version")
 
 Limit = Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many devices.")]
-After = Annotated[str | None, typer.Option("--after", metavar="ID", help="Start after this device id (paging).")]
+After = Annotated[
+    str | None, typer.Option("--after", metavar="ID", help="Start after this device id (paging).")
+]
 RequiredSerial = Annotated[str, typer.Option("--serial", help="Serial number.", show_default=False)]
-RequiredManufacturer = Annotated[str, typer.Option("--manufacturer", help="Manufacturer.", show_default=False)]
+RequiredManufacturer = Annotated[
+    str, typer.Option("--manufacturer", help="Manufacturer.", show_default=False)
+]
 NewId = Annotated[str, typer.Option("--id", help="Device id (default: a new UUID).", show_default=False)]
 RemoveLabel = Annotated[
     list[str] | None, typer.Option("--remove-label", metavar="KEY", help="Remove a label; repeat for more.")
@@ -102,7 +106,8 @@ def list_devices(  # noqa: PLR0917 - one parameter per option; typer passes them
         print_json([export_record(device) for device in devices])
         return
     rows = [
-        (d.id, d.serial, d.manufacturer, d.model, d.state, d.site, d.firmware_version, d.version) for d in devices
+        (d.id, d.serial, d.manufacturer, d.model, d.state, d.site, d.firmware_version, d.version)
+        for d in devices
     ]
     print_table(_LIST_COLUMNS, rows, empty="no devices match")
     if len(devices) == limit:
@@ -226,7 +231,9 @@ _LIFECYCLE_HELP = {
 }
 _REASON_REQUIRED = frozenset({Action.QUARANTINE, Action.DECOMMISSION})
 
-RequiredReason = Annotated[str, typer.Option("--reason", help="Why: recorded in the event log.", show_default=False)]
+RequiredReason = Annotated[
+    str, typer.Option("--reason", help="Why: recorded in the event log.", show_default=False)
+]
 
 
 def _transition(

@@ -7,6 +7,7 @@ notices go to stderr. Values are rendered as plain text (never as rich markup), 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Annotated
@@ -26,6 +27,7 @@ from rich.text import Text
 
 __all__ = [
     "JsonFlag",
+    "format_time",
     "print_fields",
     "print_json",
     "print_notice",
@@ -91,6 +93,13 @@ def progress_bar(console: Console | None = None) -> Progress:
         console=target,
         disable=not target.is_terminal,
     )
+
+
+def format_time(value: dt.datetime | None) -> str | None:
+    """Return ``value`` as RFC 3339 UTC with a ``Z`` (as exports and the API write it), or None."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _cell(value: object) -> str:

@@ -41,7 +41,9 @@ Host = Annotated[
 ]
 Port = Annotated[
     int | None,
-    typer.Option("--port", min=0, max=65535, help="Port to listen on (default: FLEETGUARD_API_PORT, else 8470)."),
+    typer.Option(
+        "--port", min=0, max=65535, help="Port to listen on (default: FLEETGUARD_API_PORT, else 8470)."
+    ),
 ]
 
 
@@ -147,7 +149,10 @@ def _print_banner(context: CliContext, listener: socket.socket) -> None:
         ("data dir", str(settings.data_dir.resolve())),
         ("database", masked_url(settings.resolved_database_url)),
         ("event bus", masked_url(settings.bus_url)),
-        ("API token", "the admin token `fleetguard init` printed, or: fleetguard tokens create NAME --role operator"),
+        (
+            "API token",
+            "the admin token `fleetguard init` printed, or: fleetguard tokens create NAME --role operator",
+        ),
     ):
         grid.add_row(Text(name), Text(value))
     console = stdout_console()

@@ -1,0 +1,378 @@
+"""The JSON shapes of the API: pydantic models at the HTTP edge, converted to and from core values.
+
+Request models forbid unknown fields (a misspelt field is a 422, not silently ignored) and bound every
+string and collection; the core validates the same values again, so the two can never disagree in
+the permissive direction. Response models are built from the core's frozen values and never carry a
+token secret, except :class:`TokenCreated`, once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from fleetguard.api.tokens import Role, TokenInfo
+from fleetguard.events import checkpoint, log
+from fleetguard.events.entry import DataValue
+from fleetguard.events.entry import EventEntry as CoreEventEntry
+from fleetguard.inventory import model
+from fleetguard.inventory.lifecycle import Action, State
+
+__all__ = [
+    "ConsistencyProof",
+    "Device",
+    "DevicePage",
+    "DeviceRegistration",
+    "DeviceType",
+    "DeviceTypeCreation",
+    "DeviceUpdate",
+    "EventEntry",
+    "EventPage",
+    "Finding",
+    "Health",
+    "ImportResult",
+    "InclusionProof",
+    "ProblemDetails",
+    "SignedTreeHead",
+    "Site",
+    "SiteCreation",
+    "Token",
+    "TokenCreated",
+    "TokenCreation",
+    "Transition",
+    "VerificationReport",
+]
+
+# The same bounds as fleetguard.inventory.model and fleetguard.events.entry.
+_Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+_Short = Annotated[str, StringConstraints(max_length=128)]
+_Text = Annotated[str, StringConstraints(max_length=256)]
+_Url = Annotated[str, StringConstraints(max_length=2048)]
+_LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+_LabelValue = Annotated[str, StringConstraints(max_length=256)]
+_Labels = Annotated[dict[_LabelKey, _LabelValue], Field(max_length=64)]
+Reason = Annotated[
+    str, StringConstraints(max_length=4096), Field(description="Why; recorded in the event log.")
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem; extension members (``hint``, ``row``, ``errors`` ...) may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["https://fleetguard.dev/problems/device-not-found"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    hint: str | None = None
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "ready"]
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+class Device(_Response):
+    """A device as the inventory holds it; ``version`` is also sent as the ``ETag``."""
+
+    id: str
+    serial: str
+    manufacturer: str
+    model: str
+    device_type: str | None
+    hardware_revision: str
+    firmware_version: str
+    mud_url: str | None
+    site: str | None
+    owner: str
+    labels: dict[str, str]
+    state: State
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_seen: dt.datetime | None
+
+
+class DevicePage(BaseModel):
+    """One page of devices, by id; pass ``next_after`` as ``after`` for the next page."""
+
+    items: list[Device]
+    next_after: str | None = Field(description="The cursor of the next page; null on the last page.")
+    total: int | None = Field(default=None, description="Matching devices, when asked for with count=true.")
+
+
+class DeviceRegistration(_Request):
+    """A new device; ``id`` defaults to a new UUID."""
+
+    serial: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    id: Annotated[str, StringConstraints(max_length=128)] = ""
+    model: _Text = ""
+    device_type: _Id | None = None
+    hardware_revision: _Short = ""
+    firmware_version: _Short = ""
+    mud_url: _Url | None = None
+    site: _Id | None = None
+    owner: _Text = ""
+    labels: _Labels = Field(default_factory=dict)
+    reason: Reason = ""
+
+    def to_spec(self) -> model.DeviceSpec:
+        """Return the core spec; raise ``InvalidInput`` where the core's rules refuse a value."""
+        return model.DeviceSpec(**self.model_dump(exclude={"reason"}))
+
+
+class DeviceUpdate(_Request):
+    """A partial update: omitted fields are unchanged; an empty mud_url, site or device_type clears it."""
+
+    model: _Text | None = None
+    device_type: Annotated[str, StringConstraints(max_length=128)] | None = None
+    hardware_revision: _Short | None = None
+    firmware_version: _Short | None = None
+    mud_url: _Url | None = None
+    site: Annotated[str, StringConstraints(max_length=128)] | None = None
+    owner: _Text | None = None
+    labels: _Labels | None = None
+    version: int | None = Field(
+        default=None, ge=1, description='The version read; alternatively send If-Match: "<version>".'
+    )
+    reason: Reason = ""
+
+    def to_changes(self) -> model.DeviceChanges:
+        """Return the core change set; raise ``InvalidInput`` where the core's rules refuse a value."""
+        return model.DeviceChanges(**self.model_dump(exclude={"version", "reason"}))
+
+
+class Transition(_Request):
+    """A lifecycle action; If-Match makes it conditional on the version read."""
+
+    action: Action
+    reason: Reason = ""
+
+
+class Site(_Response):
+    """A place devices are installed in."""
+
+    id: str
+    name: str
+    description: str
+    created_at: dt.datetime
+
+
+class SiteCreation(_Request):
+    """A new site; ``name`` defaults to the id."""
+
+    id: _Id
+    name: _Text = ""
+    description: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+
+class DeviceType(_Response):
+    """A kind of device, with the MUD URL its maker publishes."""
+
+    id: str
+    manufacturer: str
+    model: str
+    mud_url: str | None
+    description: str
+    created_at: dt.datetime
+
+
+class DeviceTypeCreation(_Request):
+    """A new device type."""
+
+    id: _Id
+    manufacturer: _Text = ""
+    model: _Text = ""
+    mud_url: _Url | None = None
+    description: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+
+class ImportResult(BaseModel):
+    """How many devices a bulk import registered (all of them, or the import failed)."""
+
+    imported: int
+
+
+# -- event log -------------------------------------------------------------------------------
+
+
+class EventEntry(BaseModel):
+    """One event-log entry; hashes are lowercase hex."""
+
+    seq: int
+    time: dt.datetime
+    actor: str
+    subject: str
+    action: str
+    reason: str
+    data: dict[str, DataValue]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: CoreEventEntry) -> EventEntry:
+        """Return the API view of a stored entry."""
+        return cls(
+            seq=entry.seq,
+            time=entry.time,
+            actor=entry.actor,
+            subject=entry.subject,
+            action=entry.action,
+            reason=entry.reason,
+            data=entry.details(),
+            prev_hash=entry.prev_hash.hex(),
+            hash=entry.hash.hex(),
+        )
+
+
+class EventPage(BaseModel):
+    """One page of entries; pass ``next_after`` as ``after`` (with the same order) for the next."""
+
+    items: list[EventEntry]
+    next_after: int | None
+
+
+class Finding(_Response):
+    """One problem found by verification, at an entry or a checkpoint size."""
+
+    kind: log.FindingKind
+    seq: int
+    detail: str
+
+
+class VerificationReport(BaseModel):
+    """The outcome of verifying the whole log; ``intact`` is false when anything was found."""
+
+    intact: bool
+    entries: int
+    checkpoints: int
+    findings: list[Finding]
+    more_findings: int = Field(description="Findings beyond those listed.")
+
+    @classmethod
+    def of(cls, report: log.VerificationReport) -> VerificationReport:
+        """Return the API view of a verification report."""
+        return cls(
+            intact=report.intact,
+            entries=report.entries,
+            checkpoints=report.checkpoints,
+            findings=[Finding.model_validate(finding) for finding in report.findings],
+            more_findings=report.more_findings,
+        )
+
+
+class SignedTreeHead(BaseModel):
+    """A signed checkpoint: the RFC 9162 root over the first ``tree_size`` entries (hex), and the note."""
+
+    origin: str
+    tree_size: int
+    root_hash: str
+    timestamp: dt.datetime
+    key_id: str
+    note: str = Field(description="The signed note text, verifiable offline with the public key.")
+
+    @classmethod
+    def of(cls, signed: checkpoint.SignedTreeHead) -> SignedTreeHead:
+        """Return the API view of a signed tree head."""
+        return cls(
+            origin=signed.head.origin,
+            tree_size=signed.head.tree_size,
+            root_hash=signed.head.root_hash.hex(),
+            timestamp=signed.head.timestamp,
+            key_id=signed.key_id,
+            note=signed.to_note(),
+        )
+
+
+class InclusionProof(BaseModel):
+    """RFC 9162 2.1.3: entry ``seq`` (leaf index ``seq - 1``) is in the tree of ``tree_size``."""
+
+    seq: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    path: list[str] = Field(description="Audit path, leaf level first, hex.")
+    root_hash: str
+
+    @classmethod
+    def of(cls, proof: log.InclusionProof) -> InclusionProof:
+        """Return the API view of an inclusion proof."""
+        return cls(
+            seq=proof.seq,
+            leaf_index=proof.seq - 1,
+            tree_size=proof.tree_size,
+            leaf_hash=proof.leaf_hash.hex(),
+            path=[node.hex() for node in proof.path],
+            root_hash=proof.root_hash.hex(),
+        )
+
+
+class ConsistencyProof(BaseModel):
+    """RFC 9162 2.1.4: the tree of ``new_size`` extends the tree of ``old_size``."""
+
+    old_size: int
+    new_size: int
+    old_root: str
+    new_root: str
+    path: list[str] = Field(description="Proof hashes, hex.")
+
+    @classmethod
+    def of(cls, proof: log.ConsistencyProof) -> ConsistencyProof:
+        """Return the API view of a consistency proof."""
+        return cls(
+            old_size=proof.old_size,
+            new_size=proof.new_size,
+            old_root=proof.old_root.hex(),
+            new_root=proof.new_root.hex(),
+            path=[node.hex() for node in proof.path],
+        )
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+class Token(_Response):
+    """An API token as listed: never its secret."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class TokenCreated(Token):
+    """A token just created, with its secret: shown this once, stored only as a hash."""
+
+    secret: str = Field(description="The bearer token: send it as Authorization: Bearer <secret>.")
+
+    @classmethod
+    def of(cls, info: TokenInfo, secret: str) -> TokenCreated:
+        """Return the one-time view of a new token."""
+        return cls.model_validate({**Token.model_validate(info).model_dump(), "secret": secret})
+
+
+class TokenCreation(_Request):
+    """A new token."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    role: Role
+    expires_at: AwareDatetime | None = None

@@ -39,7 +39,9 @@ def _events(start: int, count: int) -> list[NewEvent]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--checkpoint-every", type=int, default=100_000)
@@ -61,7 +63,10 @@ def main() -> None:
             written += count
             if written % args.checkpoint_every == 0:
                 log.checkpoint(signer, now=utc_now())
-        print(f"append, batches of {args.batch}: median {statistics.median(rates):,.0f} entries/s (goal >= 20,000)")
+        print(
+            f"append, batches of {args.batch}: median {statistics.median(rates):,.0f} entries/s "
+            "(goal >= 20,000)"
+        )
         single = []
         for n in range(200):
             [event] = _events(args.entries + n, 1)
@@ -78,7 +83,8 @@ def main() -> None:
             assert report.intact, report.findings[:3]
         print(
             f"verify {report.entries:,} entries, {report.checkpoints} checkpoints: median "
-            f"{statistics.median(timings):.2f} s (runs {', '.join(f'{t:.2f}' for t in timings)}; goal <= 10 s)"
+            f"{statistics.median(timings):.2f} s "
+            f"(runs {', '.join(f'{t:.2f}' for t in timings)}; goal <= 10 s)"
         )
         database.close()
 

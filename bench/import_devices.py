@@ -3,7 +3,8 @@
 Goal (issue 2): <= 10 s into SQLite. Prints the median of --repeat runs for each backend, measured
 end to end through the same code path the CLI uses (parse, validate, one transaction with an event
 per device). Run: ``.venv/bin/python bench/import_devices.py`` or, for both backends,
-``scripts/with-postgres sh -c '.venv/bin/python bench/import_devices.py --postgres-url "$FLEETGUARD_TEST_POSTGRES_URL"'``.
+``scripts/with-postgres sh -c 'exec .venv/bin/python bench/import_devices.py \
+--postgres-url "$FLEETGUARD_TEST_POSTGRES_URL"'``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def make_csv(count: int) -> bytes:
     out = io.StringIO()
     out.write("id,serial,manufacturer,model,firmware_version,hardware_revision,owner,labels\n")
     for n in range(count):
-        out.write(f'cam-{n:07d},SN{n:09d},Acme,C{n % 7},1.{n % 13}.0,rev{n % 3},ops,"{{""env"": ""prod""}}"\n')
+        out.write(
+            f'cam-{n:07d},SN{n:09d},Acme,C{n % 7},1.{n % 13}.0,rev{n % 3},ops,"{{""env"": ""prod""}}"\n'
+        )
     return out.getvalue().encode()
 
 
@@ -57,7 +60,9 @@ def postgres_schema_url(base: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--postgres-url", help="throwaway PostgreSQL URL (scripts/with-postgres exports one)")
@@ -71,7 +76,9 @@ def main() -> None:
         totals, parses = [], []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
-                url = f"sqlite:///{Path(tmp) / 'bench.db'}" if base is None else postgres_schema_url(str(base))
+                url = (
+                    f"sqlite:///{Path(tmp) / 'bench.db'}" if base is None else postgres_schema_url(str(base))
+                )
                 parse_s, total_s = run_once(url, data)
             parses.append(parse_s)
             totals.append(total_s)

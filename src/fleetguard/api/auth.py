@@ -13,7 +13,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the signature of
 from typing import Annotated
 
 from fastapi import Depends
-
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer

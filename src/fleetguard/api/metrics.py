@@ -105,7 +105,9 @@ class _DeviceStates(Collector):
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("fleetguard_devices", "Devices in the inventory, by state.", labels=["state"])
+        return GaugeMetricFamily(
+            "fleetguard_devices", "Devices in the inventory, by state.", labels=["state"]
+        )
 
 
 def _template(scope: Scope) -> str:

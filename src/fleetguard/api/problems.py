@@ -65,7 +65,7 @@ _MEANING = {
     413: "The request body is larger than this operation accepts.",
     415: "The body's media type is not one this operation reads.",
     422: "The request is well-formed but invalid; `errors` or the detail says where.",
-    428: "The change needs `If-Match: \"<version>\"` or a `version` field.",
+    428: 'The change needs `If-Match: "<version>"` or a `version` field.',
     500: "A server-side fault (for example, a tampered event log); the detail says which.",
     503: "The database is locked, full or unreachable; retry after `Retry-After` seconds.",
 }
@@ -117,7 +117,7 @@ class UnhandledErrorGuard:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:  # noqa: BLE001 - the last resort: logs the bug, answers 500 without internals
+        except Exception:
             incident = secrets.token_hex(6)
             _log.exception("unhandled error, incident %s, in %s %s", incident, scope["method"], scope["path"])
             if started:

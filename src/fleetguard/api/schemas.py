@@ -17,7 +17,7 @@ from fleetguard.api.tokens import Role, TokenInfo
 from fleetguard.events import checkpoint, log
 from fleetguard.events.entry import DataValue
 from fleetguard.events.entry import EventEntry as CoreEventEntry
-from fleetguard.inventory import model
+from fleetguard.inventory.model import DeviceChanges, DeviceSpec
 from fleetguard.inventory.lifecycle import Action, State
 
 __all__ = [
@@ -133,9 +133,9 @@ class DeviceRegistration(_Request):
     labels: _Labels = Field(default_factory=dict)
     reason: Reason = ""
 
-    def to_spec(self) -> model.DeviceSpec:
+    def to_spec(self) -> DeviceSpec:
         """Return the core spec; raise ``InvalidInput`` where the core's rules refuse a value."""
-        return model.DeviceSpec(**self.model_dump(exclude={"reason"}))
+        return DeviceSpec(**self.model_dump(exclude={"reason"}))
 
 
 class DeviceUpdate(_Request):
@@ -154,9 +154,9 @@ class DeviceUpdate(_Request):
     )
     reason: Reason = ""
 
-    def to_changes(self) -> model.DeviceChanges:
+    def to_changes(self) -> DeviceChanges:
         """Return the core change set; raise ``InvalidInput`` where the core's rules refuse a value."""
-        return model.DeviceChanges(**self.model_dump(exclude={"version", "reason"}))
+        return DeviceChanges(**self.model_dump(exclude={"version", "reason"}))
 
 
 class Transition(_Request):

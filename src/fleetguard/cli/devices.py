@@ -51,8 +51,6 @@ app = typer.Typer(
     epilog=EXIT_STATUS_EPILOG,
     no_args_is_help=True,
 )
-app.command("import")(import_command)
-app.command("export")(export_command)
 
 _LIST_COLUMNS = ("id", "serial", "manufacturer", "model", "state", "site", "firmware", "version")
 
@@ -237,7 +235,13 @@ RequiredReason = Annotated[
 
 
 def _transition(
-    ctx: typer.Context, action: Action, device_id: str, reason: str, expect_version: int | None, as_json: bool
+    ctx: typer.Context,
+    action: Action,
+    *,
+    device_id: str,
+    reason: str,
+    expect_version: int | None,
+    as_json: bool,
 ) -> None:
     with cli_context(ctx).runtime() as runtime:
         device = runtime.inventory.transition(
@@ -260,7 +264,14 @@ def _add_lifecycle_command(action: Action) -> None:
             expect_version: ExpectVersion = None,
             as_json: JsonFlag = False,
         ) -> None:
-            _transition(ctx, action, device_id, reason, expect_version, as_json)
+            _transition(
+                ctx,
+                action,
+                device_id=device_id,
+                reason=reason,
+                expect_version=expect_version,
+                as_json=as_json,
+            )
 
         app.command(action.value, help=help_text)(command_with_reason)
         return
@@ -272,10 +283,15 @@ def _add_lifecycle_command(action: Action) -> None:
         expect_version: ExpectVersion = None,
         as_json: JsonFlag = False,
     ) -> None:
-        _transition(ctx, action, device_id, reason, expect_version, as_json)
+        _transition(
+            ctx, action, device_id=device_id, reason=reason, expect_version=expect_version, as_json=as_json
+        )
 
     app.command(action.value, help=help_text)(command)
 
 
 for _action in Action:
     _add_lifecycle_command(_action)
+
+app.command("import")(import_command)
+app.command("export")(export_command)

@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 import typer
+from typer._click import Context as ClickContext  # typer vendors click; invoke() receives its Context
 from typer.core import TyperGroup
 
 from fleetguard.errors import FleetguardError
@@ -52,7 +53,7 @@ def failure_line(exc: BaseException) -> str:
 class ReportingGroup(TyperGroup):
     """The root command group: reports failures as one line and exits with :class:`ExitStatus`."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         """Run the command; map a failure to one line on stderr and exit status 1."""
         try:
             return super().invoke(ctx)

@@ -24,7 +24,8 @@ RoleOption = Annotated[
     Role,
     typer.Option(
         "--role",
-        help="admin: everything; operator: devices and lifecycle; auditor: read and verify; read-only: devices.",
+        help="admin: everything; operator: devices and lifecycle; auditor: read and verify the log; "
+        "read-only: read devices.",
         show_default=False,
     ),
 ]

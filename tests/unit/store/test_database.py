@@ -5,11 +5,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from fleetguard.store.database import Database, open_database
 from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey, StoreUnavailable
@@ -126,3 +127,24 @@ def test_concurrent_writers_are_serialized(database: Database) -> None:
     assert errors == []
     with database.transaction() as session:
         assert len(session.execute(select(SiteRow)).all()) == 60
+
+
+def test_full_disk_is_unavailable_and_loses_nothing(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'full.db'}")
+    with db.transaction() as session:
+        session.add(_site("before"))
+    with db.engine.connect() as conn:
+        pages = int(conn.execute(text("PRAGMA page_count")).scalar_one())
+
+    # SQLite reports SQLITE_FULL when the file may not grow: the same error as a full disk.
+    @event.listens_for(db.engine, "connect")
+    def _cap(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+    db.engine.dispose()
+    with pytest.raises(StoreUnavailable, match="database or disk is full") as caught, db.transaction() as s:
+        s.add_all(_site(f"s{n}-{'x' * 200}") for n in range(2000))
+    assert caught.value.hint == "the disk holding the database is full; free space and retry"
+    with db.transaction() as session:
+        assert [row.id for row in session.execute(select(SiteRow)).scalars()] == ["before"]
+    db.close()

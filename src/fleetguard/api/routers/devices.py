@@ -58,7 +58,9 @@ def device_filter(
     label: Annotated[
         list[str] | None, Query(max_length=64, description="key=value; repeat to require several.")
     ] = None,
-    q: Annotated[str | None, Query(max_length=256, description="Substring of id, serial, model, owner.")] = None,
+    q: Annotated[
+        str | None, Query(max_length=256, description="Substring of id, serial, model, owner.")
+    ] = None,
     created_after: _Moment = None,
     created_before: _Moment = None,
     seen_after: _Moment = None,
@@ -115,9 +117,7 @@ def get_device(device_id: str, runtime: RuntimeDep, _token: _Reader, response: R
     return _answer(runtime.inventory.get(device_id), response)
 
 
-@router.patch(
-    "/{device_id}", summary="Update a device", responses=problem_responses(404, 409, 413, 428)
-)
+@router.patch("/{device_id}", summary="Update a device", responses=problem_responses(404, 409, 413, 428))
 def update_device(
     device_id: str,
     body: schemas.DeviceUpdate,

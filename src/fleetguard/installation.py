@@ -74,11 +74,17 @@ def initialize(settings: Settings, trust_domain: str, *, now: dt.datetime) -> tu
         raise Conflict(f"{data_dir} already holds an installation", hint="use it, or pick another --data-dir")
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    (data_dir / SIGNING_KEY_FILE).parent.mkdir(mode=0o700, exist_ok=True)
-    generate_signing_key(data_dir / SIGNING_KEY_FILE)
     installation = Installation(id=str(uuid.uuid4()), trust_domain=trust_domain, created_at=now)
+    # The database comes first: a bad URL fails before anything is written to the data directory,
+    # and an interrupted init can simply be run again.
     runtime = Runtime(settings, installation)
     try:
+        if runtime.log.size() > 0:
+            raise Conflict(
+                "the database already holds an installation's event log",
+                hint="point --database-url at an empty database",
+            )
+        _ensure_signing_key(data_dir / SIGNING_KEY_FILE)
         _, token = runtime.tokens.create("initial admin", Role.ADMIN, actor="fleetguard init", now=now)
         with runtime.database.transaction() as session:
             runtime.log.append(
@@ -91,6 +97,14 @@ def initialize(settings: Settings, trust_domain: str, *, now: dt.datetime) -> tu
         runtime.close()
     _write_installation(path, installation)
     return installation, token
+
+
+def _ensure_signing_key(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    if path.exists():
+        load_signing_key(path)  # left by an interrupted init: reuse it only if it is sound
+        return
+    generate_signing_key(path)
 
 
 class Runtime:
@@ -106,7 +120,7 @@ class Runtime:
         self.bus: EventBus = open_bus(settings.bus_url)
         self.relay = EventRelay(self.database, self.log, self.bus, partitions=settings.bus_partitions)
         self.inventory = Inventory(self.database, self.log, on_commit=self.relay.pump)
-        self.tokens = TokenStore(self.database, self.log)
+        self.tokens = TokenStore(self.database, self.log, on_commit=self.relay.pump)
 
     def signer(self) -> CheckpointSigner:
         """Return the checkpoint signer (reads the key file; fails closed on a bad one)."""

@@ -1,5 +1,7 @@
 """The ``fleetguard-agent`` program: the device side of fleetguard."""
 
+from typing import Annotated
+
 import typer
 
 from fleetguard import __version__
@@ -24,7 +26,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def root() -> None:
+def root(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks on failure.")] = False,
+) -> None:
     """fleetguard-agent: the device side of fleetguard."""
 
 

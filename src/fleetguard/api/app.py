@@ -11,7 +11,7 @@ error guard, the body limit, then FastAPI's own exception handling and the route
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -28,7 +28,7 @@ from fleetguard.api.routers import devices, events, health, inventory, tokens, t
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["api_routes", "create_app", "create_app_from_env"]
 
 _DESCRIPTION = """\
 The fleetguard control plane: device inventory and lifecycle, and the tamper-evident event log.
@@ -42,10 +42,16 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 _ROUTERS = (health.router, transfer.router, devices.router, inventory.router, events.router, tokens.router)
 
 
+def api_routes() -> Iterator[APIRoute]:
+    """Yield every operation the app serves (read from the routers: FastAPI may nest them lazily)."""
+    for router in _ROUTERS:
+        yield from (route for route in router.routes if isinstance(route, APIRoute))
+
+
 class _FleetguardApi(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = finish_document(super().openapi(), self.routes)
+            self.openapi_schema = finish_document(super().openapi(), api_routes())
         return self.openapi_schema
 
 
@@ -66,7 +72,7 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
     app.state.metrics = Metrics(runtime.inventory)
     for router in _ROUTERS:
         app.include_router(router)
-    _require_permissions(app)
+    _require_permissions()
     install_problem_handlers(app)
     settings = runtime.settings
     app.add_middleware(
@@ -84,10 +90,10 @@ def create_app_from_env() -> FastAPI:
     return create_app(Runtime(Settings()), owns_runtime=True)
 
 
-def _require_permissions(app: FastAPI) -> None:
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path not in PUBLIC_PATHS and permission_of(route) is None:
-            raise RuntimeError(f"route {sorted(route.methods)} {route.path} requires no permission")
+def _require_permissions() -> None:
+    for route in api_routes():
+        if route.path not in PUBLIC_PATHS and permission_of(route) is None:
+            raise RuntimeError(f"route {sorted(route.methods or ())} {route.path} requires no permission")
 
 
 def _lifespan(owned: Runtime | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

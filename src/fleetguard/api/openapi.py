@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
 
 from fleetguard.api.auth import permission_of
 from fleetguard.api.problems import PROBLEM_MEDIA_TYPE
@@ -22,12 +21,12 @@ __all__ = ["finish_document"]
 PERMISSION_MEMBER = "x-fleetguard-permission"
 
 
-def finish_document(document: dict[str, Any], routes: Iterable[BaseRoute]) -> dict[str, Any]:
+def finish_document(document: dict[str, Any], routes: Iterable[APIRoute]) -> dict[str, Any]:
     """Annotate ``document`` (as FastAPI generated it) in place and return it."""
     for route in routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+        if not route.include_in_schema:
             continue
-        for method in route.methods:
+        for method in route.methods or ():
             operation = document["paths"][route.path_format][method.lower()]
             _problem_media_types(operation)
             permission = permission_of(route)
@@ -37,10 +36,11 @@ def finish_document(document: dict[str, Any], routes: Iterable[BaseRoute]) -> di
 
 
 def _problem_media_types(operation: dict[str, Any]) -> None:
+    # FastAPI files an error's schema under the route's own media type (JSON, CSV, PEM ...).
     for status, response in operation.get("responses", {}).items():
-        content = response.get("content", {})
-        if status.isdigit() and int(status) >= 400 and "application/json" in content:
-            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        content = response.get("content")
+        if status.isdigit() and int(status) >= 400 and content:
+            response["content"] = {PROBLEM_MEDIA_TYPE: next(iter(content.values()))}
 
 
 def _name_permission(operation: dict[str, Any], permission: Permission) -> None:

@@ -82,7 +82,7 @@ def error_response(error: FleetguardError, *, instance: str) -> JSONResponse:
     extensions.update(_extensions(error))
     if error.status >= 500:
         _log.warning("%s answered %d %s: %s", instance, error.status, error.code, error.message)
-    return _problem(error.status, error.code, error.message, instance, extensions)
+    return _problem(error.status, error.code, error.message, instance=instance, extensions=extensions)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -117,7 +117,7 @@ class UnhandledErrorGuard:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception:  # the last resort (BLE001 allows it: logger.exception records it)
             incident = secrets.token_hex(6)
             _log.exception("unhandled error, incident %s, in %s %s", incident, scope["method"], scope["path"])
             if started:
@@ -126,8 +126,8 @@ class UnhandledErrorGuard:
                 500,
                 "internal",
                 "an unexpected error occurred; the server log has the details",
-                scope["path"],
-                {"incident": incident},
+                instance=scope["path"],
+                extensions={"incident": incident},
             )
             await response(scope, receive, send)
 
@@ -156,7 +156,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = f"{request.method} {request.url.path}: {exc.detail}"
     code = phrase.lower().replace(" ", "-").replace("'", "")
-    return _problem(exc.status_code, code, detail, request.url.path, {}, exc.headers)
+    return _problem(exc.status_code, code, detail, instance=request.url.path, headers=exc.headers)
 
 
 def _issue(error: Mapping[str, object]) -> Issue:
@@ -182,18 +182,19 @@ def _problem(
     status: int,
     code: str,
     detail: str,
+    *,
     instance: str,
-    extensions: Mapping[str, object],
+    extensions: Mapping[str, object] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + code,
-        "title": code.replace("-", " ").capitalize(),
+        "title": code.replace("-", " ").capitalize().replace("json", "JSON"),
         "status": status,
         "detail": detail,
         "instance": instance,
     }
-    body.update((key, value) for key, value in extensions.items() if key not in body)
+    body.update((key, value) for key, value in (extensions or {}).items() if key not in body)
     merged = dict(headers or {})
     if status == 401:
         merged.setdefault("WWW-Authenticate", 'Bearer realm="fleetguard"')

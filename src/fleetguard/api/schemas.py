@@ -17,8 +17,8 @@ from fleetguard.api.tokens import Role, TokenInfo
 from fleetguard.events import checkpoint, log
 from fleetguard.events.entry import DataValue
 from fleetguard.events.entry import EventEntry as CoreEventEntry
-from fleetguard.inventory.model import DeviceChanges, DeviceSpec
 from fleetguard.inventory.lifecycle import Action, State
+from fleetguard.inventory.model import DeviceChanges, DeviceSpec
 
 __all__ = [
     "ConsistencyProof",

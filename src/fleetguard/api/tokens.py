@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -111,9 +112,16 @@ class TokenInfo:
 class TokenStore:
     """Creates, authenticates, lists and revokes tokens; every change is in the event log."""
 
-    def __init__(self, database: Database, log: EventLog) -> None:
+    def __init__(
+        self, database: Database, log: EventLog, *, on_commit: Callable[[], object] | None = None
+    ) -> None:
         self._db = database
         self._log = log
+        self._on_commit = on_commit
+
+    def _committed(self) -> None:
+        if self._on_commit is not None:
+            self._on_commit()
 
     def create(
         self,
@@ -148,6 +156,7 @@ class TokenStore:
                          data={"name": name, "role": role.value}),
                 now=now,
             )  # fmt: skip
+        self._committed()
         return _info(row), f"fgt_{token_id}_{secret}"
 
     def authenticate(self, token: str, *, now: dt.datetime) -> TokenInfo:
@@ -156,7 +165,7 @@ class TokenStore:
         if match is None:
             raise AuthenticationFailed("malformed API token", hint="expected fgt_<id>_<secret>")
         token_id, secret = match.groups()
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             row = session.get(ApiTokenRow, token_id)
             info = None if row is None else _info(row)
             digest = b"" if row is None else bytes(row.secret_sha256)
@@ -171,7 +180,7 @@ class TokenStore:
 
     def tokens(self) -> list[TokenInfo]:
         """Return every token, oldest first."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             rows = session.execute(select(ApiTokenRow).order_by(ApiTokenRow.created_at)).scalars()
             return [_info(row) for row in rows]
 
@@ -188,7 +197,9 @@ class TokenStore:
                     NewEvent(actor=actor, subject=f"token:{token_id}", action="token.revoked", reason=reason),
                     now=now,
                 )
-            return _info(row)
+            info = _info(row)
+        self._committed()
+        return info
 
 
 def _info(row: ApiTokenRow) -> TokenInfo:

@@ -63,7 +63,10 @@ _WRITERS: dict[TransferFormat, Callable[[Iterable[Device], TextIO], int]] = {
     TransferFormat.JSON: write_json,
 }
 
-FormatOption = Annotated[
+ImportFormat = Annotated[
+    TransferFormat | None, typer.Option("--format", help="File format (default: from the file's extension).")
+]
+ExportFormat = Annotated[
     TransferFormat | None,
     typer.Option("--format", help="File format (default: from the file's extension; csv for stdout)."),
 ]
@@ -74,7 +77,7 @@ ExportFile = Annotated[str, typer.Argument(metavar="FILE", help="File to write; 
 
 
 def import_command(
-    ctx: typer.Context, file: ImportFile, file_format: FormatOption = None, reason: ReasonOption = ""
+    ctx: typer.Context, file: ImportFile, file_format: ImportFormat = None, reason: ReasonOption = ""
 ) -> None:
     """Import devices from CSV or JSON: every row, or none of them.
 
@@ -148,7 +151,7 @@ def _write(inventory: Inventory, specs: list[DeviceSpec], reason: str, progress:
 def export_command(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
     ctx: typer.Context,
     file: ExportFile = "-",
-    file_format: FormatOption = None,
+    file_format: ExportFormat = None,
     serial: SerialOption = None,
     manufacturer: ManufacturerOption = None,
     model: ModelOption = None,

@@ -57,8 +57,8 @@ class ReportingGroup(TyperGroup):
         """Run the command; map a failure to one line on stderr and exit status 1."""
         try:
             return super().invoke(ctx)
-        except (typer.TyperException, typer.Exit, typer.Abort):
-            raise  # click's own outcomes: usage errors (2), explicit exits, aborts
+        except (typer.TyperException, typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # click's own outcomes (usage errors, exits, aborts) and a closed pipe: typer's to report
         # The command-line boundary: every failure is reported here, once, then the program exits.
         except Exception as exc:  # noqa: BLE001
             _report(exc, verbose=bool(ctx.params.get("verbose")))

@@ -37,12 +37,20 @@ __all__ = [
     "stdout_console",
 ]
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")]
+_PIPE_WIDTH = 4096  # columns when stdout is not a terminal: wide enough that no value is cut
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
 def stdout_console() -> Console:
-    """Return a console on the current stdout (made per use, so redirected streams are honoured)."""
-    return Console(highlight=False)
+    """Return a console on the current stdout (made per use, so redirected streams are honoured).
+
+    Piped into another program, lines are as wide as their content: nothing is cut off or folded.
+    """
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = _PIPE_WIDTH
+    return console
 
 
 def stderr_console() -> Console:
@@ -57,7 +65,9 @@ def print_json(value: object) -> None:
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, empty: str) -> None:
     """Print ``rows`` as a table under ``columns``; print ``empty`` instead when there are none."""
-    table = Table(*columns, box=None, header_style="bold", pad_edge=False)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(Text(_cell(value)) for value in row))
     if table.row_count == 0:
@@ -70,7 +80,7 @@ def print_fields(fields: Sequence[tuple[str, object]]) -> None:
     """Print name/value pairs as two aligned columns."""
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for name, value in fields:
         table.add_row(Text(name), Text(_cell(value)))
     stdout_console().print(table)

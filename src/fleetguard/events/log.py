@@ -52,6 +52,7 @@ from fleetguard.events.merkle import (
     inclusion_proof,
 )
 from fleetguard.store.database import Database
+from fleetguard.store.errors import DuplicateKey
 from fleetguard.store.models import Base, CheckpointRow, EventHeadRow, EventRow
 
 __all__ = [
@@ -181,9 +182,7 @@ class EventLog:
                 )
             )  # fmt: skip
             prev = digest
-        session.connection().execute(
-            insert(_EVENTS), [_row_values(entry, time_us) for entry in entries]
-        )
+        session.connection().execute(insert(_EVENTS), [_row_values(entry, time_us) for entry in entries])
         session.execute(update(EventHeadRow).where(EventHeadRow.id == _HEAD_ID).values(seq=seq, hash=prev))
         return entries
 
@@ -201,7 +200,7 @@ class EventLog:
 
     def size(self) -> int:
         """Return the number of entries according to the head row."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             return self._lock_free_head(session)[0]
 
     def entries(
@@ -227,12 +226,12 @@ class EventLog:
             query = query.order_by(EventRow.seq.desc())
         else:
             query = query.where(EventRow.seq > after_seq).order_by(EventRow.seq)
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             return [_entry(row) for row in session.execute(query.limit(limit))]
 
     def get(self, seq: int) -> EventEntry:
         """Return entry ``seq``; raise :class:`NotFound` if there is none."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             row = session.execute(select(*_COLUMNS).where(EventRow.seq == seq)).one_or_none()
         if row is None:
             raise NotFound(f"no event log entry with sequence number {seq}")
@@ -260,36 +259,66 @@ class EventLog:
         if latest is not None and latest.head.tree_size == size:
             return latest
         verified_from = latest.head.tree_size if latest is not None else 0
+        # The signed prefix only contributes its stored hashes (already verified when it was signed);
+        # entries after it are re-verified in full before anything new is signed.
         frontier = MerkleFrontier()
+        for leaf in self._stored_hashes(upto=verified_from):
+            frontier.append(leaf)
         problems = _FindingSink()
         expected = _ChainCursor()
-        for row in self._stream(upto=size):
-            if row.seq > verified_from:
-                expected.check(row, problems)
-            else:
-                expected.skip(row)
+        if verified_from:
+            expected.skip_to(verified_from + 1, latest_hash=self._stored_hash(verified_from))
+        for row in self._stream(after=verified_from, upto=size):
+            expected.check(row, problems)
             frontier.append(bytes(row.hash))
         if frontier.size != size:
             problems.add(FindingKind.TRUNCATED, frontier.size, "log shorter than its head row")
         problems.report(frontier.size, 0).require_intact()
         head = TreeHead(origin=self.origin, tree_size=size, root_hash=frontier.root(), timestamp=now)
         signed = signer.sign(head)
-        with self._db.transaction() as session:
-            session.add(
-                CheckpointRow(tree_size=size, root_hash=head.root_hash, note=signed.to_note(), created_at=now)
-            )
+        try:
+            with self._db.transaction() as session:
+                session.add(
+                    CheckpointRow(
+                        tree_size=size, root_hash=head.root_hash, note=signed.to_note(), created_at=now
+                    )
+                )
+        except DuplicateKey:
+            # Another process signed the same size first: its checkpoint is as good as ours.
+            return self._checkpoint_at(size)
         return signed
+
+    def _checkpoint_at(self, size: int) -> SignedTreeHead:
+        query = select(CheckpointRow.note).where(CheckpointRow.tree_size == size)
+        with self._db.reading() as session:
+            return SignedTreeHead.from_note(session.execute(query).scalar_one())
+
+    def _stored_hashes(self, *, upto: int) -> Iterator[bytes]:
+        if upto <= 0:
+            return
+        query = select(EventRow.hash).where(EventRow.seq <= upto).order_by(EventRow.seq)
+        with self._db.read_engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
+            for (leaf,) in result:
+                yield bytes(leaf)
+
+    def _stored_hash(self, seq: int) -> bytes:
+        with self._db.reading() as session:
+            value = session.execute(select(EventRow.hash).where(EventRow.seq == seq)).scalar_one_or_none()
+        if value is None:
+            raise TamperDetected(f"entry {seq}, covered by a signed checkpoint, is missing")
+        return bytes(value)
 
     def latest_checkpoint(self) -> SignedTreeHead | None:
         """Return the newest signed tree head, or None before the first checkpoint."""
         query = select(CheckpointRow.note).order_by(CheckpointRow.tree_size.desc()).limit(1)
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             note = session.execute(query).scalar_one_or_none()
         return None if note is None else SignedTreeHead.from_note(note)
 
     def checkpoints(self) -> list[SignedTreeHead]:
         """Return every stored signed tree head, oldest first (fails on a malformed note)."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             notes = session.execute(select(CheckpointRow.note).order_by(CheckpointRow.tree_size)).scalars()
             return [SignedTreeHead.from_note(note) for note in notes]
 
@@ -318,7 +347,7 @@ class EventLog:
         if size > current:
             raise InvalidInput(f"tree size {size} is larger than the log ({current} entries)")
         query = select(EventRow.hash).where(EventRow.seq <= size).order_by(EventRow.seq)
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             leaves = [bytes(h) for h in session.execute(query).scalars()]
         if len(leaves) != size:
             raise TamperDetected(f"log holds {len(leaves)} of the first {size} entries")
@@ -337,7 +366,7 @@ class EventLog:
         ``progress`` is called with the number of entries checked so far, every few thousand.
         """
         checkpoints, problems = self._load_checkpoints(public_key)
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             head_seq, _ = self._lock_free_head(session)
         frontier = MerkleFrontier()
         cursor = _ChainCursor()
@@ -374,7 +403,7 @@ class EventLog:
     def _load_checkpoints(self, public_key: Ed25519PublicKey) -> tuple[dict[int, bytes], _FindingSink]:
         problems = _FindingSink()
         roots: dict[int, bytes] = {}
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             rows = session.execute(select(CheckpointRow.tree_size, CheckpointRow.note)).all()
         for tree_size, note in rows:
             try:
@@ -394,11 +423,11 @@ class EventLog:
             roots[tree_size] = signed.head.root_hash
         return roots, problems
 
-    def _stream(self, *, upto: int | None) -> Iterator[_Row]:
-        query = select(*_COLUMNS).order_by(EventRow.seq)
+    def _stream(self, *, upto: int | None, after: int = 0) -> Iterator[_Row]:
+        query = select(*_COLUMNS).where(EventRow.seq > after).order_by(EventRow.seq)
         if upto is not None:
             query = query.where(EventRow.seq <= upto)
-        with self._db.engine.connect() as conn:
+        with self._db.read_engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
             for row in result:
                 yield _Row(*row)
@@ -426,9 +455,9 @@ class _ChainCursor:
         self.next_seq = 1
         self.prev_hash = GENESIS_HASH
 
-    def skip(self, row: _Row) -> None:
-        self.next_seq = row.seq + 1
-        self.prev_hash = bytes(row.hash)
+    def skip_to(self, next_seq: int, *, latest_hash: bytes) -> None:
+        self.next_seq = next_seq
+        self.prev_hash = latest_hash
 
     def check(self, row: _Row, problems: _FindingSink) -> bytes:
         """Record what is wrong with ``row``; return its recomputed hash."""

@@ -60,7 +60,7 @@ class EventRelay:
 
     def cursor(self) -> int:
         """Return the sequence number of the last entry published."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             value = session.execute(
                 select(BusCursorRow.seq).where(BusCursorRow.name == _CURSOR)
             ).scalar_one_or_none()

@@ -98,7 +98,7 @@ class Inventory:
 
     def get(self, device_id: str) -> Device:
         """Return the device; raise :class:`DeviceNotFound` if there is none."""
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             return _device(self._row(session, device_id))
 
     def find(
@@ -110,13 +110,13 @@ class Inventory:
         query = _filtered(select(DeviceRow), criteria or DeviceFilter()).order_by(DeviceRow.id)
         if after is not None:
             query = query.where(DeviceRow.id > after)
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             return [_device(row) for row in session.execute(query.limit(limit)).scalars()]
 
     def count(self, criteria: DeviceFilter | None = None) -> int:
         """Return how many devices match ``criteria``."""
         query = _filtered(select(func.count()).select_from(DeviceRow), criteria or DeviceFilter())
-        with self._db.transaction() as session:
+        with self._db.reading() as session:
             return int(session.execute(query).scalar_one())
 
     def iterate(self, criteria: DeviceFilter | None = None, *, batch: int = 5000) -> Iterator[Device]:

@@ -2,7 +2,9 @@
 
 SQLite is opened in WAL mode with foreign keys on and a busy timeout, and every transaction starts
 with ``BEGIN IMMEDIATE`` so that two writers queue for the lock instead of failing on upgrade (the
-event log's hash chain needs appends to be serialized). Driver exceptions never leave this module:
+event log's hash chain needs appends to be serialized). Read-only work uses :meth:`Database.reading`,
+which starts a plain deferred ``BEGIN``: in WAL mode readers never block writers, so a long
+``events verify`` or export does not stall the API's writes. Driver exceptions never leave this module:
 they become :mod:`fleetguard.store.errors` leaves that say what happened and what to do.
 """
 
@@ -23,6 +25,7 @@ from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey, StoreUnavail
 __all__ = ["Database", "open_database"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_READ_ONLY = "fleetguard_read_only"
 
 
 class Database:
@@ -30,7 +33,9 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.read_engine = engine.execution_options(**{_READ_ONLY: True})
         self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -46,7 +51,21 @@ class Database:
             DuplicateKey: a unique or foreign key constraint refused the change.
             StoreUnavailable: the database is locked, full or unreachable.
         """
-        session = self._sessions()
+        with self._translated(self._sessions()) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only: on SQLite it never takes the write lock.
+
+        Raises:
+            StoreUnavailable: the database is unreachable.
+        """
+        with self._translated(self._read_sessions()) as session:
+            yield session
+
+    @contextmanager
+    def _translated(self, session: Session) -> Iterator[Session]:
         try:
             with session.begin():
                 yield session
@@ -129,7 +148,8 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _driver_message(exc: DBAPIError) -> str:

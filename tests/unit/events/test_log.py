@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from fleetguard.errors import InvalidInput
-from fleetguard.events.checkpoint import CheckpointSigner
+from fleetguard.events.checkpoint import CheckpointSigner, SignedTreeHead, TreeHead
 from fleetguard.events.entry import GENESIS_HASH, NewEvent, entry_hash, to_micros
 from fleetguard.events.errors import TamperDetected
 from fleetguard.events.log import EventLog, FindingKind
@@ -273,3 +273,41 @@ def test_any_single_field_edit_is_detected_at_that_entry(
             assert findings == [(FindingKind.MODIFIED, seq)]
     finally:
         db.close()
+
+
+class _RacingSigner(CheckpointSigner):
+    """Signs, but lets another process store its checkpoint of the same size first."""
+
+    def __init__(self, key: Ed25519PrivateKey, rival: EventLog, rival_signer: CheckpointSigner) -> None:
+        super().__init__(key, ORIGIN)
+        self._rival = rival
+        self._rival_signer = rival_signer
+
+    def sign(self, head: TreeHead) -> SignedTreeHead:
+        self._rival.checkpoint(self._rival_signer, now=NOW)
+        return super().sign(head)
+
+
+def test_concurrent_checkpoint_of_the_same_size_returns_the_stored_one(
+    log: EventLog, database: Database, signer: CheckpointSigner
+) -> None:
+    _append(log, database, 3)
+    racing = _RacingSigner(Ed25519PrivateKey.generate(), EventLog(database, ORIGIN), signer)
+    result = log.checkpoint(racing, now=NOW + dt.timedelta(seconds=5))
+    [stored] = log.checkpoints()
+    assert result == stored
+    assert (stored.head.tree_size, stored.head.timestamp) == (3, NOW)
+
+
+def test_checkpoint_after_checkpoint_verifies_only_new_entries_and_extends_the_tree(
+    log: EventLog, database: Database, signer: CheckpointSigner
+) -> None:
+    _append(log, database, 5)
+    old = log.checkpoint(signer, now=NOW)
+    _append(log, database, 4, start=5)
+    _sql(database, "UPDATE event_log SET reason = 'edited' WHERE seq = 7")
+    with pytest.raises(TamperDetected, match="entry 7 was modified"):
+        log.checkpoint(signer, now=NOW)
+    _sql(database, "UPDATE event_log SET reason = 'r6' WHERE seq = 7")
+    new = log.checkpoint(signer, now=NOW)
+    verify_consistency(5, 9, old.head.root_hash, new.head.root_hash, log.prove_consistency(5, 9).path)

@@ -148,3 +148,14 @@ def test_full_disk_is_unavailable_and_loses_nothing(tmp_path: Path) -> None:
     with db.transaction() as session:
         assert [row.id for row in session.execute(select(SiteRow)).scalars()] == ["before"]
     db.close()
+
+
+def test_a_long_read_does_not_block_writers(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'rw.db'}", busy_timeout_ms=50)
+    with db.reading() as reader:
+        reader.execute(select(SiteRow)).all()  # a read transaction stays open across the write
+        with db.transaction() as writer:
+            writer.add(_site("written-during-read"))
+    with db.reading() as session:
+        assert [row.id for row in session.execute(select(SiteRow)).scalars()] == ["written-during-read"]
+    db.close()

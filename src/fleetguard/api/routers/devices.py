@@ -44,6 +44,7 @@ def etag(version: int) -> str:
 
 
 def device_filter(
+    *,
     device_id: Annotated[str | None, Query(alias="id", max_length=128)] = None,
     serial: _Exact = None,
     manufacturer: _Exact = None,
@@ -119,6 +120,7 @@ def get_device(device_id: str, runtime: RuntimeDep, _token: _Reader, response: R
 
 @router.patch("/{device_id}", summary="Update a device", responses=problem_responses(404, 409, 413, 428))
 def update_device(
+    *,
     device_id: str,
     body: schemas.DeviceUpdate,
     runtime: RuntimeDep,
@@ -148,6 +150,7 @@ def update_device(
     responses=problem_responses(404, 409, 413),
 )
 def transition_device(
+    *,
     device_id: str,
     body: schemas.Transition,
     runtime: RuntimeDep,

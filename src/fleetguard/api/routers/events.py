@@ -41,6 +41,7 @@ class Order(enum.StrEnum):
 
 @router.get("", summary="List event-log entries")
 def list_events(
+    *,
     runtime: RuntimeDep,
     _token: _Reader,
     subject: Annotated[str | None, Query(max_length=256, examples=["device:sensor-1"])] = None,

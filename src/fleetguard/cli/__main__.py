@@ -1,0 +1,5 @@
+"""``python -m fleetguard.cli``: the same program as the ``fleetguard`` console script."""
+
+from fleetguard.cli.main import main
+
+main()

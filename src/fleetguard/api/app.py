@@ -15,8 +15,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from fleetguard import __version__
 from fleetguard.api.auth import PUBLIC_PATHS, permission_of
@@ -40,6 +44,9 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 
 # transfer before devices: GET /v1/devices/export must not be read as the device id "export".
 _ROUTERS = (health.router, transfer.router, devices.router, inventory.router, events.router, tokens.router)
+
+
+_DOCS_ASSETS = "/docs/assets"
 
 
 def api_routes() -> Iterator[APIRoute]:
@@ -66,9 +73,11 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         redoc_url=None,
+        docs_url=None,
         lifespan=_lifespan(runtime if owns_runtime else None),
     )
     app.state.runtime = runtime
+    _serve_docs(app)
     app.state.metrics = Metrics(runtime.inventory)
     for router in _ROUTERS:
         app.include_router(router)
@@ -83,6 +92,22 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
     app.add_middleware(UnhandledErrorGuard)
     app.add_middleware(HttpMetrics, metrics=app.state.metrics)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    # Swagger UI from the swagger-ui-bundle package, not FastAPI's default CDN: the docs work on an
+    # air-gapped gateway, and no third-party script runs in an operator's browser.
+    app.mount(_DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="fleetguard API",
+            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def create_app_from_env() -> FastAPI:

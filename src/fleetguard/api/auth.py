@@ -29,7 +29,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 BEARER = HTTPBearer(
     scheme_name="bearer",
     bearerFormat="fgt_<id>_<secret>",
-    description="An API token from `fleetguard token create` or POST /v1/tokens.",
+    description="An API token from `fleetguard tokens create` or POST /v1/tokens.",
     auto_error=False,  # we raise AuthenticationFailed ourselves, so that the answer is a problem
 )
 
@@ -49,7 +49,8 @@ class _Requirement:
     ) -> TokenInfo:
         if credentials is None:
             raise AuthenticationFailed(
-                "no API token", hint="send Authorization: Bearer <token>; create one with fleetguard token"
+                "no API token",
+                hint="send Authorization: Bearer <token>; an admin creates one: fleetguard tokens create",
             )
         info = runtime.tokens.authenticate(credentials.credentials, now=utc_now())
         info.require(self.permission)

@@ -8,8 +8,8 @@ middleware stops reading and tells the application that the client went away
 details itself. The application thus never sees more than ``limit`` bytes, and a request is never
 buffered before its route has authenticated the caller (import routes read their body themselves).
 
-Each route gets the default limit unless a path prefix in ``routes`` gives it another (bulk import
-accepts far more than a JSON request).
+Each route gets the default limit unless ``routes`` gives its path another (bulk import accepts far
+more than a JSON request).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class BodyLimit:
-    """Refuses request bodies larger than ``default`` bytes, or than ``routes[prefix]`` under a prefix."""
+    """Refuses request bodies larger than ``default`` bytes, or than ``routes[path]`` on that path."""
 
     def __init__(self, app: ASGIApp, *, default: int, routes: Mapping[str, int] | None = None) -> None:
         self.app = app
@@ -36,11 +36,9 @@ class BodyLimit:
         self.routes = dict(routes or {})
 
     def limit_for(self, path: str) -> int:
-        """Return the body limit of ``path``."""
-        for prefix, limit in self.routes.items():
-            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                return limit
-        return self.default
+        """Return the body limit of ``path``: exact paths only, so that ``/v1/devices/import`` does not
+        lend its large limit to ``/v1/devices/import/transitions`` (a device may be named ``import``)."""
+        return self.routes.get(path.rstrip("/") or "/", self.default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -153,7 +153,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    phrase = http.HTTPStatus(exc.status_code).phrase
+    known = exc.status_code in http.HTTPStatus._value2member_map_
+    phrase = http.HTTPStatus(exc.status_code).phrase if known else "HTTP error"
     detail = f"{request.method} {request.url.path}: {exc.detail}"
     code = phrase.lower().replace(" ", "-").replace("'", "")
     return _problem(exc.status_code, code, detail, instance=request.url.path, headers=exc.headers)

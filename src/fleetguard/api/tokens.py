@@ -23,6 +23,7 @@ from sqlalchemy import select
 from fleetguard.errors import FleetguardError, InvalidInput, NotFound
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
+from fleetguard.events.relay import publish_committed
 from fleetguard.store.database import Database
 from fleetguard.store.models import ApiTokenRow
 
@@ -120,8 +121,7 @@ class TokenStore:
         self._on_commit = on_commit
 
     def _committed(self) -> None:
-        if self._on_commit is not None:
-            self._on_commit()
+        publish_committed(self._on_commit)
 
     def create(
         self,

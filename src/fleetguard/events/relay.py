@@ -10,20 +10,41 @@ consumers de-duplicate on the entry's ``seq``.
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import select
 
 from fleetguard.events.bus import EventBus, device_subject, system_subject
 from fleetguard.events.entry import EventEntry
+from fleetguard.events.errors import BusError
 from fleetguard.events.log import EventLog
 from fleetguard.store.database import Database
+from fleetguard.store.errors import StoreUnavailable
 from fleetguard.store.models import BusCursorRow
 
-__all__ = ["EventRelay", "subject_for"]
+__all__ = ["EventRelay", "publish_committed", "subject_for"]
+
+_log = logging.getLogger(__name__)
 
 _CURSOR = "bus"
 _BATCH = 1000
+
+
+def publish_committed(pump: Callable[[], object] | None) -> None:
+    """Run ``pump`` after a commit; a failure is logged, not raised.
+
+    The change is committed and its entry is in the log (the outbox), so reporting failure to the
+    caller would be wrong (a retry would conflict); the next pump, at the latest on start-up,
+    publishes what this one could not.
+    """
+    if pump is None:
+        return
+    try:
+        pump()
+    except (StoreUnavailable, BusError) as exc:
+        _log.warning("event relay deferred: %s", exc)
 
 
 def subject_for(entry: EventEntry, partitions: int) -> str:

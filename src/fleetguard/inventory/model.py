@@ -26,6 +26,8 @@ __all__ = [
 # A device id becomes a SPIFFE path segment, a certificate CN, an MQTT username and a topic level, so
 # it excludes '/', '+', '#' and whitespace (MQTT 3.1.1 section 4.7; RFC 3986 segment characters).
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# Path segments under /v1/devices that are actions, not ids.
+_RESERVED_IDS = frozenset({"export", "import"})
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_LABELS = 64
@@ -58,6 +60,8 @@ DEVICE_FIELDS = (
 
 def validate_device_id(value: str, what: str = "device id") -> str:
     """Return ``value`` if it is a valid id; raise :class:`InvalidInput` saying why not."""
+    if value in _RESERVED_IDS:
+        raise InvalidInput(f"{what} {value!r} is reserved (it names an API collection action)")
     if not _ID.fullmatch(value):
         raise InvalidInput(
             f"invalid {what} {value[:140]!r}: use 1-128 letters, digits, '.', '_', ':' or '-', "

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from fleetguard.errors import InvalidInput
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
+from fleetguard.events.relay import publish_committed
 from fleetguard.inventory.errors import (
     DeviceNotFound,
     IllegalTransition,
@@ -320,8 +321,7 @@ class Inventory:
     # -- internals ---------------------------------------------------------------------------
 
     def _committed(self) -> None:
-        if self._on_commit is not None:
-            self._on_commit()
+        publish_committed(self._on_commit)
 
     @staticmethod
     def _row(session: Session, device_id: str) -> DeviceRow:

@@ -84,7 +84,7 @@ class Database:
     def ping(self) -> None:
         """Run a trivial query; raise :class:`StoreUnavailable` if the database does not answer."""
         try:
-            with self.engine.connect() as conn:
+            with self.read_engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except DBAPIError as exc:
             raise _unavailable(exc) from exc

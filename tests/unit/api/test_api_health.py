@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import pytest
+
+from fleetguard.store.errors import StoreUnavailable
+
 if TYPE_CHECKING:
     from conftest import Api
 
@@ -12,6 +16,22 @@ if TYPE_CHECKING:
 def test_healthz_and_readyz_need_no_token(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
     assert api.client.get("/readyz").json() == {"status": "ready"}
+
+
+class _Unreachable:
+    """A database that does not answer, as when PostgreSQL is down."""
+
+    def ping(self) -> None:
+        raise StoreUnavailable("database unavailable: connection refused", hint="check that it runs")
+
+
+def test_readyz_is_503_when_the_database_does_not_answer(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.runtime, "database", _Unreachable())
+    response = api.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["type"] == "https://fleetguard.dev/problems/store-unavailable"
+    assert api.client.get("/healthz").status_code == 200
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

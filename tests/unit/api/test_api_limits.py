@@ -96,11 +96,25 @@ def test_import_over_its_own_limit_is_413(small: Api, chunked: bool) -> None:
     assert small.runtime.inventory.count() == 0
 
 
-def test_limit_for_matches_whole_path_segments() -> None:
+def test_limit_for_matches_exact_paths() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None: ...
 
     limits = BodyLimit(app, default=10, routes={"/v1/devices/import": 99})
     assert limits.limit_for("/v1/devices/import") == 99
     assert limits.limit_for("/v1/devices/import/") == 99
     assert limits.limit_for("/v1/devices/imports") == 10
+    assert limits.limit_for("/v1/devices/import/transitions") == 10
     assert limits.limit_for("/v1/devices") == 10
+    assert limits.limit_for("/") == 10
+
+
+def test_a_device_named_import_gets_the_default_limit(small: Api) -> None:
+    small.register(id="import")
+    body = json.dumps({"action": "provision", "reason": "x" * (2 * _LIMIT)}).encode()
+    response = small.client.post(
+        "/v1/devices/import/transitions",
+        content=body,
+        headers=small.headers(**{"Content-Type": "application/json"}),
+    )
+    assert response.status_code == 413
+    assert small.runtime.inventory.get("import").state == "registered"

@@ -6,7 +6,6 @@ Tampering is done the way an attacker with database access would: with SQL on th
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,8 +31,8 @@ def signer() -> CheckpointSigner:
 
 
 @pytest.fixture
-def log(database: Database) -> Iterator[EventLog]:
-    yield EventLog(database, ORIGIN)
+def log(database: Database) -> EventLog:
+    return EventLog(database, ORIGIN)
 
 
 def _append(log: EventLog, database: Database, count: int, start: int = 0) -> None:
@@ -70,9 +69,13 @@ def test_append_chains_hashes_from_genesis(log: EventLog, database: Database) ->
 
 
 def test_append_rolled_back_with_its_transaction(log: EventLog, database: Database) -> None:
-    with pytest.raises(RuntimeError, match="abort"), database.transaction() as session:
-        log.append(session, NewEvent(actor="a", subject="s", action="x"), now=NOW)
-        raise RuntimeError("abort")
+    def append_then_fail() -> None:
+        with database.transaction() as session:
+            log.append(session, NewEvent(actor="a", subject="s", action="x"), now=NOW)
+            raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError, match="abort"):
+        append_then_fail()
     assert log.size() == 0
     assert log.entries() == []
 
@@ -162,9 +165,14 @@ def test_inserted_entry_is_named(log: EventLog, database: Database, signer: Chec
     _sql(database, "UPDATE event_log SET seq = 4 WHERE seq = 3")
     prev = log.get(2).hash
     h = entry_hash(3, to_micros(NOW), prev, "mallory", "device:x", "device.registered", "", "{}")
-    _sql(database, "INSERT INTO event_log (seq, time_us, actor, subject, action, reason, data, prev_hash, hash) "
-         "VALUES (3, :t, 'mallory', 'device:x', 'device.registered', '', '{}', :p, :h)",
-         t=to_micros(NOW), p=prev, h=h)  # fmt: skip
+    _sql(
+        database,
+        "INSERT INTO event_log (seq, time_us, actor, subject, action, reason, data, prev_hash, hash) "
+        "VALUES (3, :t, 'mallory', 'device:x', 'device.registered', '', '{}', :p, :h)",
+        t=to_micros(NOW),
+        p=prev,
+        h=h,
+    )
     assert _kinds(log, signer) == [(FindingKind.MODIFIED, 4), (FindingKind.BROKEN_LINK, 4)]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 
 from fleetguard.errors import InvalidInput
-from fleetguard.events.bus import open_bus
+from fleetguard.events.bus import Subscription, open_bus
+from fleetguard.events.errors import BusError
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
 from fleetguard.inventory.errors import DeviceNotFound, IllegalTransition, ImportRejected, UnknownReference
@@ -36,8 +36,8 @@ def log(database: Database) -> EventLog:
 
 
 @pytest.fixture
-def inventory(database: Database, log: EventLog) -> Iterator[Inventory]:
-    yield Inventory(database, log, clock=Clock())
+def inventory(database: Database, log: EventLog) -> Inventory:
+    return Inventory(database, log, clock=Clock())
 
 
 def _spec(n: int, **extra: object) -> DeviceSpec:
@@ -242,3 +242,27 @@ def test_relay_catches_up_after_a_crash_between_commit_and_publish(database: Dat
         assert relay.pump() == 0
     finally:
         bus.close()
+
+
+class _DownBus:
+    """A bus whose server is unreachable."""
+
+    def publish(self, subject: str, payload: bytes) -> int:
+        raise BusError("cannot reach NATS at 127.0.0.1:4222 within 5 s")
+
+    def subscribe(self, filter_subject: str, durable: str, *, ack_wait_s: float = 30.0) -> Subscription:
+        raise BusError("down")
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_bus_outage_does_not_fail_a_committed_change(
+    database: Database, log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = EventRelay(database, log, _DownBus(), partitions=4)
+    inventory = Inventory(database, log, on_commit=relay.pump, clock=Clock())
+    device = inventory.register(_spec(1), actor="a")
+    assert inventory.get("dev-1") == device
+    assert relay.cursor() == 0  # nothing published yet; the log (outbox) keeps it
+    assert "event relay deferred: cannot reach NATS" in caplog.text

@@ -45,10 +45,14 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_failed_transaction_rolls_back_everything(database: Database) -> None:
-    with pytest.raises(RuntimeError, match="boom"), database.transaction() as session:
-        session.add(_site("s1"))
-        session.flush()
-        raise RuntimeError("boom")
+    def add_then_fail() -> None:
+        with database.transaction() as session:
+            session.add(_site("s1"))
+            session.flush()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        add_then_fail()
     with database.transaction() as session:
         assert session.execute(select(SiteRow)).all() == []
 
@@ -71,16 +75,21 @@ def _device_row(device_id: str) -> DeviceRow:
 def test_stale_version_is_refused_and_loses_nothing(database: Database) -> None:
     with database.transaction() as session:
         session.add(_device_row("d1"))
-    with pytest.raises(ConcurrentUpdate, match="changed by someone else"), database.transaction() as session:
-        row = session.get(DeviceRow, "d1")
-        assert row is not None
-        # Another writer commits version 2 after our read (done here with Core, bypassing the ORM).
-        session.execute(
-            update(DeviceRow).where(DeviceRow.id == "d1").values(owner="alice", version=2),
-            execution_options={"synchronize_session": False},
-        )
-        row.owner = "bob"
-        session.flush()  # UPDATE ... WHERE version = 1 matches nothing
+
+    def write_after_someone_else() -> None:
+        with database.transaction() as session:
+            row = session.get(DeviceRow, "d1")
+            assert row is not None
+            # Another writer commits version 2 after our read (done here with Core, bypassing the ORM).
+            session.execute(
+                update(DeviceRow).where(DeviceRow.id == "d1").values(owner="alice", version=2),
+                execution_options={"synchronize_session": False},
+            )
+            row.owner = "bob"
+            session.flush()  # UPDATE ... WHERE version = 1 matches nothing
+
+    with pytest.raises(ConcurrentUpdate, match="changed by someone else"):
+        write_after_someone_else()
     with database.transaction() as session:
         row = session.get(DeviceRow, "d1")
         assert row is not None

@@ -110,6 +110,10 @@ def _listen(host: str, port: int) -> Iterator[socket.socket]:
                 f"port {port} on {host} is already in use", hint="stop the other server or pass --port"
             ) from exc
         raise InvalidInput(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
+    # socket.create_server leaves proto 0, so asyncio does not switch Nagle off on accepted
+    # connections; Linux copies TCP_NODELAY from the listener. Without it a keep-alive response
+    # split in two writes waits for the client's delayed ACK (40 ms per request).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with listener:
         yield listener
 

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from cryptography import x509
 
 __all__ = [
+    "MAX_SERIAL",
     "RevocationReason",
     "RevokedEntry",
     "partition_of",
 ]
+
+MAX_SERIAL = 2**159 - 1
+"""RFC 5280 4.1.2.2: a serial is a positive INTEGER of at most 20 octets, sign bit included."""
 
 
 class RevocationReason(enum.StrEnum):
@@ -77,9 +81,9 @@ _CODES: dict[RevocationReason, int] = {
 class RevokedEntry:
     """One revoked certificate as the CRL and OCSP builders need it.
 
-    ``serial`` is positive (RFC 5280 4.1.2.2); both times are timezone-aware. ``not_after`` is the
-    certificate's expiry: once it has passed, the entry may leave the CRL (RFC 5280 3.3).
-    Raises ``ValueError`` on a non-positive serial or a naive time.
+    ``serial`` is positive and at most 20 octets (RFC 5280 4.1.2.2); both times are timezone-aware.
+    ``not_after`` is the certificate's expiry: once it has passed, the entry may leave the CRL (RFC
+    5280 3.3). Raises ``ValueError`` on a serial out of range or a naive time.
     """
 
     serial: int
@@ -88,8 +92,8 @@ class RevokedEntry:
     not_after: dt.datetime
 
     def __post_init__(self) -> None:
-        if self.serial <= 0:
-            raise ValueError(f"serial must be positive, got {self.serial}")
+        if not 0 < self.serial <= MAX_SERIAL:
+            raise ValueError(f"serial must be positive and at most 20 octets, got {self.serial}")
         if self.revoked_at.tzinfo is None or self.not_after.tzinfo is None:
             raise ValueError(f"serial {self.serial:x}: revoked_at and not_after must be timezone-aware")
 

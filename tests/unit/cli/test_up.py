@@ -41,3 +41,14 @@ def test_up_before_init_says_to_run_init(cli: Cli) -> None:
 )
 def test_masked_url_hides_passwords(url: str, shown: str) -> None:
     assert masked_url(url) == shown
+
+
+def test_listener_disables_nagle_for_accepted_connections() -> None:
+    from fleetguard.cli.up import _listen
+
+    with _listen("127.0.0.1", 0) as listener:
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

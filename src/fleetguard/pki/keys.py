@@ -202,8 +202,9 @@ class Passphrase:
     def from_file(cls, path: Path) -> Passphrase:
         """Return the contents of ``path`` without one trailing newline.
 
-        Raises ``KeyUnlockFailed`` if the file is missing, empty or too large, and ``InsecureKeyFile``
-        if it is not a regular file or group or others may access it (mode 0o077).
+        Raises ``KeyUnlockFailed`` if the passphrase is empty or too large, ``InsecureKeyFile`` if the
+        file is not a regular file or group or others may access it (mode 0o077), and
+        ``KeyBackendError`` if it cannot be read.
         """
         data = read_private_file(path, what="passphrase file", limit=MAX_SECRET_SIZE + 2)
         if data.endswith(b"\r\n"):
@@ -221,13 +222,13 @@ def read_private_file(path: Path, *, what: str, limit: int) -> bytes:
     """Return the bytes of an owner-only regular file of at most ``limit`` bytes.
 
     The type and mode are checked on the opened descriptor, so the file cannot be swapped between
-    the check and the read. Raises ``KeyUnlockFailed`` if it is missing or unreadable (a key that
-    cannot be unlocked), ``InsecureKeyFile`` if it is not private, ``KeyBackendError`` if too large.
+    the check and the read. Raises ``InsecureKeyFile`` if it is not private, and ``KeyBackendError``
+    if it is missing, unreadable or too large.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise KeyUnlockFailed(f"cannot open {what} {path}: {exc.strerror}") from exc
+        raise KeyBackendError(f"cannot open {what} {path}: {exc.strerror}") from exc
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -239,7 +240,7 @@ def read_private_file(path: Path, *, what: str, limit: int) -> bytes:
             )
         data = os.read(fd, limit + 1)
     except OSError as exc:
-        raise KeyUnlockFailed(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise KeyBackendError(f"cannot read {what} {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
     if len(data) > limit:

@@ -50,9 +50,9 @@ class FileKey(SoftwareKey):
     def load(cls, path: Path, passphrase: Passphrase) -> FileKey:
         """Return the key stored at ``path``, decrypted with ``passphrase``.
 
-        Raises ``InsecureKeyFile`` if group or others may access the file, ``KeyUnlockFailed`` if it
-        is missing or the passphrase is wrong, and ``KeyBackendError`` if it is not an encrypted
-        PKCS#8 EC key on P-256 or P-384.
+        Raises ``InsecureKeyFile`` if group or others may access the file, ``KeyUnlockFailed`` if the
+        passphrase is wrong, and ``KeyBackendError`` if it is missing, unreadable, too large, or not
+        an encrypted PKCS#8 EC key on P-256 or P-384.
         """
         pem = read_private_file(path, what="key file", limit=MAX_KEY_FILE_SIZE)
         if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in pem:

@@ -463,9 +463,6 @@ def _require_ca_name(name: x509.Name) -> None:
     # RFC 5280 4.1.2.6: a CA's subject is a non-empty distinguished name.
     if not name.rdns:
         raise ProfileInputRejected("a CA needs a non-empty subject name")
-    for attribute in name.get_attributes_for_oid(NameOID.COMMON_NAME):
-        if not 0 < len(str(attribute.value)) <= _UB_COMMON_NAME:
-            raise ProfileInputRejected(f"common name must be 1-{_UB_COMMON_NAME} characters")
 
 
 def _require_positive(validity: dt.timedelta) -> None:

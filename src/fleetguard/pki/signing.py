@@ -14,12 +14,18 @@ becomes one, so for every other backend the object is signed in two steps:
 ``CertificateBuilder.create_unsigned`` (RFC 9925) is not used: its TBS names id-alg-unsigned, so it
 would have to be re-encoded, and CRL and OCSP builders have no such call.
 
+An OCSP response also names its responder (RFC 6960 4.2.2.3), and cryptography refuses to sign
+unless the responder certificate matches the private key. The draft therefore names a stand-in
+responder certificate by key hash, and that ResponderID is replaced by the real responder's before
+the real key signs.
+
 A :class:`~fleetguard.pki.keys.SoftwareKey` (which includes ``FileKey``) takes the fast path: the
 builder signs with its private key directly, with no stand-in and no second parse.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
@@ -28,7 +34,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
 
 from fleetguard.pki.errors import SigningFailed
 from fleetguard.pki.keys import SigningKey, SoftwareKey, signature_algorithm_oid, verify_signature
@@ -40,9 +48,14 @@ _BIT_STRING = 0x03
 _OCTET_STRING = 0x04
 _ENUMERATED = 0x0A
 _CONTEXT_0 = 0xA0  # [0] EXPLICIT, constructed
+_BY_NAME = 0xA1  # ResponderID byName [1] EXPLICIT Name
+_BY_KEY = 0xA2  # ResponderID byKey [2] EXPLICIT KeyHash
 _STAND_IN_RSA_BITS = 2048
+_STAND_IN_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetguard stand-in signer")])
+_STAND_IN_VALIDITY = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2000, 1, 2, tzinfo=dt.UTC))
 
 _T = TypeVar("_T")
+_DER = serialization.Encoding.DER
 
 
 def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
@@ -53,12 +66,9 @@ def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.
     """
     if isinstance(key, SoftwareKey):
         return builder.sign(key.private_key, _hash_of(key))
-    draft = builder.sign(_stand_in(key.public_key()), _hash_of(key))
+    draft = builder.sign(_stand_in(key).key, _hash_of(key))
     _require_algorithm(draft.signature_algorithm_oid, key)
-    der = _replace_signature(
-        draft.public_bytes(serialization.Encoding.DER), key.sign(draft.tbs_certificate_bytes)
-    )
-    certificate = _parse(x509.load_der_x509_certificate, der)
+    certificate = _parse(x509.load_der_x509_certificate, _resign(draft.public_bytes(_DER), key))
     _verify(key, certificate.signature, certificate.tbs_certificate_bytes, "certificate")
     return certificate
 
@@ -72,53 +82,80 @@ def sign_crl(
     """
     if isinstance(key, SoftwareKey):
         return builder.sign(key.private_key, _hash_of(key))
-    draft = builder.sign(_stand_in(key.public_key()), _hash_of(key))
+    draft = builder.sign(_stand_in(key).key, _hash_of(key))
     _require_algorithm(draft.signature_algorithm_oid, key)
-    der = _replace_signature(
-        draft.public_bytes(serialization.Encoding.DER), key.sign(draft.tbs_certlist_bytes)
-    )
-    crl = _parse(x509.load_der_x509_crl, der)
+    crl = _parse(x509.load_der_x509_crl, _resign(draft.public_bytes(_DER), key))
     _verify(key, crl.signature, crl.tbs_certlist_bytes, "CRL")
     return crl
 
 
-def sign_ocsp_response(builder: ocsp.OCSPResponseBuilder, key: SigningKey) -> ocsp.OCSPResponse:
-    """Return the successful OCSP response ``builder`` describes, signed by ``key``.
+def sign_ocsp_response(
+    builder: ocsp.OCSPResponseBuilder,
+    key: SigningKey,
+    responder: x509.Certificate,
+    encoding: ocsp.OCSPResponderEncoding = ocsp.OCSPResponderEncoding.HASH,
+) -> ocsp.OCSPResponse:
+    """Return the successful OCSP response ``builder`` describes, signed by ``key`` as ``responder``.
 
-    ``builder`` must already name the responder and the responses. Raises ``SigningFailed`` if the
-    signature does not verify, ``KeyBackendError`` if the backend fails.
+    ``builder`` holds the responses (and any ``certificates``) but no responder: this function names
+    ``responder``, whose certificate must hold ``key``'s public key, by ``encoding``. Raises
+    ``SigningFailed`` if the responder does not match ``key`` or the signature does not verify, and
+    ``KeyBackendError`` if the backend fails.
     """
+    if _spki(responder.public_key()) != _spki(key.public_key()):
+        raise SigningFailed("the OCSP responder certificate does not hold the signing key")
     if isinstance(key, SoftwareKey):
-        return builder.sign(key.private_key, _hash_of(key))
-    draft = builder.sign(_stand_in(key.public_key()), _hash_of(key))
+        return builder.responder_id(encoding, responder).sign(key.private_key, _hash_of(key))
+    stand_in = _stand_in(key)
+    draft = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, stand_in.certificate).sign(
+        stand_in.key, _hash_of(key)
+    )
     _require_algorithm(draft.signature_algorithm_oid, key)
-    signature = key.sign(draft.tbs_response_bytes)
-    der = _replace_ocsp_signature(draft.public_bytes(serialization.Encoding.DER), signature)
-    response = _parse(ocsp.load_der_ocsp_response, der)
+    status, response_type, basic = _unwrap_ocsp(draft.public_bytes(_DER))
+    responder_id = _responder_id(responder, encoding)
+    resigned = _resign(basic, key, lambda tbs: _replace_responder_id(tbs, responder_id))
+    response = _parse(ocsp.load_der_ocsp_response, _wrap_ocsp(status, response_type, resigned))
     _verify(key, response.signature, response.tbs_response_bytes, "OCSP response")
     return response
 
 
-@functools.cache
-def _stand_in_for_curve(curve_name: str) -> ec.EllipticCurvePrivateKey:
-    curve = {ec.SECP256R1.name: ec.SECP256R1(), ec.SECP384R1.name: ec.SECP384R1()}.get(curve_name)
-    if curve is None:
-        raise SigningFailed(f"no stand-in key for curve {curve_name}")
-    return ec.generate_private_key(curve)
+class _StandIn(NamedTuple):
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    certificate: x509.Certificate  # self-signed; only used to let an OCSP draft be signed
 
 
-@functools.cache
-def _stand_in_rsa() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=_STAND_IN_RSA_BITS)
-
-
-def _stand_in(
-    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
-) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    """Return the throwaway key whose signatures carry the same AlgorithmIdentifier as ``public_key``'s."""
+def _stand_in(key: SigningKey) -> _StandIn:
+    """Return the throwaway signer whose signatures carry the same AlgorithmIdentifier as ``key``'s."""
+    public_key = key.public_key()
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return _stand_in_for_curve(public_key.curve.name)
-    return _stand_in_rsa()
+        return _stand_in_for(public_key.curve.name)
+    return _stand_in_for("rsa")
+
+
+@functools.cache
+def _stand_in_for(kind: str) -> _StandIn:
+    curves: dict[str, ec.EllipticCurve] = {
+        ec.SECP256R1.name: ec.SECP256R1(),
+        ec.SECP384R1.name: ec.SECP384R1(),
+    }
+    private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if kind == "rsa":
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=_STAND_IN_RSA_BITS)
+    elif kind in curves:
+        private_key = ec.generate_private_key(curves[kind])
+    else:
+        raise SigningFailed(f"keys on curve {kind} are not supported")
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_STAND_IN_NAME)
+        .issuer_name(_STAND_IN_NAME)
+        .public_key(private_key.public_key())
+        .serial_number(1)
+        .not_valid_before(_STAND_IN_VALIDITY[0])
+        .not_valid_after(_STAND_IN_VALIDITY[1])
+        .sign(private_key, hashes.SHA256())
+    )
+    return _StandIn(private_key, certificate)
 
 
 def _hash_of(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
@@ -152,27 +189,56 @@ def _parse(load: Callable[[bytes], _T], der: bytes) -> _T:
         raise SigningFailed(f"the spliced object does not parse: {exc}") from exc
 
 
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(_DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _responder_id(responder: x509.Certificate, encoding: ocsp.OCSPResponderEncoding) -> bytes:
+    """Return the DER ResponderID naming ``responder`` (RFC 6960 4.2.1)."""
+    if encoding is ocsp.OCSPResponderEncoding.NAME:
+        return _encode(_BY_NAME, responder.subject.public_bytes())
+    # KeyHash: SHA-1 of the subjectPublicKey BIT STRING's value, as RFC 5280 4.2.1.2 method (1).
+    key_hash = x509.SubjectKeyIdentifier.from_public_key(responder.public_key()).digest
+    return _encode(_BY_KEY, _encode(_OCTET_STRING, key_hash))
+
+
+# --- DER splicing: X.690 definite-length encoding, only as much as the three shapes need --------
+
+
 class _Tlv(NamedTuple):
     tag: int
     content: bytes
     encoded: bytes
 
 
-def _replace_signature(signed: bytes, signature: bytes) -> bytes:
-    """Return ``signed`` (``SEQUENCE { tbs, algorithm, BIT STRING, ...}``) with a new signature value."""
+def _resign(signed: bytes, key: SigningKey, transform: Callable[[bytes], bytes] | None = None) -> bytes:
+    """Return ``signed`` (``SEQUENCE { tbs, algorithm, BIT STRING, ...}``) signed again by ``key``.
+
+    ``transform`` may rewrite the TBS first. What follows the signature (a BasicOCSPResponse's
+    ``certs [0]``) is kept.
+    """
     outer = _read_only_tlv(signed)
     tbs, rest = _read_tlv(outer.content)
     algorithm, rest = _read_tlv(rest)
-    old_signature, trailer = _read_tlv(rest)  # BasicOCSPResponse has "certs [0]" after the signature
-    if outer.tag != _SEQUENCE or old_signature.tag != _BIT_STRING:
+    old_signature, trailer = _read_tlv(rest)
+    if outer.tag != _SEQUENCE or tbs.tag != _SEQUENCE or old_signature.tag != _BIT_STRING:
         raise SigningFailed("the draft is not SEQUENCE { tbs, algorithm, BIT STRING }")
+    tbs_bytes = tbs.encoded if transform is None else transform(tbs.encoded)
     # X.690 8.6.2.2: the first content octet counts the unused bits of the last octet, here none.
-    new_signature = _encode(_BIT_STRING, b"\x00" + signature)
-    return _encode(_SEQUENCE, tbs.encoded + algorithm.encoded + new_signature + trailer)
+    signature = _encode(_BIT_STRING, b"\x00" + key.sign(tbs_bytes))
+    return _encode(_SEQUENCE, tbs_bytes + algorithm.encoded + signature + trailer)
 
 
-def _replace_ocsp_signature(response: bytes, signature: bytes) -> bytes:
-    """Return the OCSPResponse with a new signature in its BasicOCSPResponse (RFC 6960 4.2.1)."""
+def _replace_responder_id(tbs: bytes, responder_id: bytes) -> bytes:
+    """Return ResponseData with its responderID replaced; the version field is absent (v1 default)."""
+    first, rest = _read_tlv(_read_only_tlv(tbs).content)
+    if first.tag != _BY_KEY:
+        raise SigningFailed("the draft OCSP ResponseData does not start with a byKey responderID")
+    return _encode(_SEQUENCE, responder_id + rest)
+
+
+def _unwrap_ocsp(response: bytes) -> tuple[bytes, bytes, bytes]:
+    """Return (responseStatus, responseType, BasicOCSPResponse) of a DER OCSPResponse (RFC 6960 4.2.1)."""
     status, rest = _read_tlv(_read_only_tlv(response).content)
     if status.tag != _ENUMERATED or not rest:
         raise SigningFailed("the draft OCSP response has no responseBytes")
@@ -181,10 +247,12 @@ def _replace_ocsp_signature(response: bytes, signature: bytes) -> bytes:
     basic = _read_only_tlv(rest)  # response OCTET STRING, holding a BasicOCSPResponse
     if explicit.tag != _CONTEXT_0 or basic.tag != _OCTET_STRING:
         raise SigningFailed("the draft OCSP response is not shaped as RFC 6960 4.2.1 says")
-    response_bytes = response_type.encoded + _encode(
-        _OCTET_STRING, _replace_signature(basic.content, signature)
-    )
-    return _encode(_SEQUENCE, status.encoded + _encode(_CONTEXT_0, _encode(_SEQUENCE, response_bytes)))
+    return status.encoded, response_type.encoded, basic.content
+
+
+def _wrap_ocsp(status: bytes, response_type: bytes, basic: bytes) -> bytes:
+    response_bytes = _encode(_SEQUENCE, response_type + _encode(_OCTET_STRING, basic))
+    return _encode(_SEQUENCE, status + _encode(_CONTEXT_0, response_bytes))
 
 
 def _encode(tag: int, content: bytes) -> bytes:

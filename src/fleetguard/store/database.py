@@ -128,7 +128,9 @@ def _create_engine(url: str, busy_timeout_ms: int) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    engine = create_engine(
+        url, connect_args={"timeout": busy_timeout_ms / 1000}, pool_size=16, max_overflow=32
+    )
     _configure_sqlite(engine, busy_timeout_ms)
     return engine
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from asn1crypto import core as asn1_core
+from asn1crypto import core as asn1_core  # type: ignore[import-untyped]
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,7 +38,7 @@ _P256_CSR_DER = (
 def _csr(
     key: CertificateIssuerPrivateKeyTypes,
     *,
-    algorithm: hashes.HashAlgorithm | None = None,
+    algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
     extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(

@@ -29,6 +29,9 @@ from fleetguard.types import ensure_utc
 
 __all__ = [
     "ApiTokenRow",
+    "AuthorityRow",
+    "CertificateRow",
+    "CrlCounterRow",
     "Base",
     "BusCursorRow",
     "CheckpointRow",
@@ -181,3 +184,56 @@ class ApiTokenRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class AuthorityRow(Base):
+    """A CA certificate of this installation (the root, and every issuing CA, active or retired)."""
+
+    __tablename__ = "pki_authorities"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_ref: Mapped[str] = mapped_column(String(1024))
+    not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class CertificateRow(Base):
+    """An issued end-entity certificate, recorded before it is returned to anyone."""
+
+    __tablename__ = "pki_certificates"
+    __table_args__ = (
+        Index("ix_pki_certificates_device", "device_id"),
+        Index("ix_pki_certificates_not_after", "not_after"),
+        Index("ix_pki_certificates_status", "status"),
+        UniqueConstraint("sha256", name="uq_pki_certificates_sha256"),
+    )
+
+    # Hex of the serial number: unique across every issuing CA of the installation (RFC 5280
+    # 4.1.2.2 needs uniqueness per issuer; one namespace is simpler and stricter).
+    serial: Mapped[str] = mapped_column(String(48), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    profile: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(512))
+    issuer_id: Mapped[str] = mapped_column(String(64), ForeignKey("pki_authorities.id", ondelete="RESTRICT"))
+    not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    status: Mapped[str] = mapped_column(String(16))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    renewed_from: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class CrlCounterRow(Base):
+    """The monotonic CRL number of an issuing CA (RFC 5280 5.2.3)."""
+
+    __tablename__ = "pki_crl_numbers"
+
+    issuer_id: Mapped[str] = mapped_column(String(64), ForeignKey("pki_authorities.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger)

@@ -37,7 +37,33 @@ class Settings(BaseSettings):
     max_import_rows: int = Field(default=2_000_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
+
+    # PKI (issue 3). The base URL is where relying parties fetch CRLs, OCSP and CA certificates; it
+    # goes into every certificate, so set it to the address devices reach (plain http: RFC 5280
+    # 4.2.1.13, the data is signed).
+    pki_base_url: str | None = None
+    device_certificate_days: int = Field(default=30, ge=1, le=825)
+    crl_partitions: int = Field(default=1024, ge=1, le=65536)
+    crl_validity_hours: float = Field(default=24.0, gt=0)
+    ocsp_validity_hours: float = Field(default=4.0, gt=0)
+    renewal_grace_days: float = Field(default=30.0, ge=0)
+    renewal_rate_per_s: float = Field(default=200.0, gt=0)
+    renewal_burst: int = Field(default=1000, ge=1)
+    device_renewals_per_hour: float = Field(default=6.0, gt=0)
+    device_renewal_burst: int = Field(default=3, ge=1)
+    ca_passphrase_env: str = "FLEETGUARD_CA_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
+    ca_passphrase_file: Path | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token: str | None = None
+    pkcs11_pin_env: str = "FLEETGUARD_PKCS11_PIN"
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    @property
+    def resolved_pki_base_url(self) -> str:
+        """The public URL prefix of CRLs, OCSP and CA certificates, without a trailing slash."""
+        if self.pki_base_url:
+            return self.pki_base_url.rstrip("/")
+        return f"http://{self.api_host}:{self.api_port}/pki"
 
     @property
     def resolved_database_url(self) -> str:

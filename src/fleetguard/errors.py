@@ -28,6 +28,8 @@ class FleetguardError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
+    retry_after_s: float | None = None
+    """When set, the API answers with ``Retry-After`` so that clients back off (RFC 9110 10.2.3)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

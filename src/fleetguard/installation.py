@@ -25,6 +25,8 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
 from fleetguard.inventory.service import Inventory
+from fleetguard.pki.publication import RevocationPublisher
+from fleetguard.pki.service import CertificateRecord, CertificateService
 from fleetguard.store.database import Database, open_database
 from fleetguard.types import parse_utc
 
@@ -121,6 +123,14 @@ class Runtime:
         self.relay = EventRelay(self.database, self.log, self.bus, partitions=settings.bus_partitions)
         self.inventory = Inventory(self.database, self.log, on_commit=self.relay.pump)
         self.tokens = TokenStore(self.database, self.log, on_commit=self.relay.pump)
+        self.pki = CertificateService(
+            self.database, self.log, self.inventory, settings, self.installation.trust_domain,
+            on_commit=self.relay.pump, on_revoked=self._publish_revocation,
+        )  # fmt: skip
+        self.revocation = RevocationPublisher(self.pki, self.database, settings)
+
+    def _publish_revocation(self, record: CertificateRecord) -> None:
+        self.revocation.revoked(record)
 
     def signer(self) -> CheckpointSigner:
         """Return the checkpoint signer (reads the key file; fails closed on a bad one)."""
@@ -128,7 +138,8 @@ class Runtime:
         return CheckpointSigner(key, self.installation.origin)
 
     def close(self) -> None:
-        """Close the bus and the database."""
+        """Close the key backends, the bus and the database."""
+        self.pki.keyring.close()
         self.bus.close()
         self.database.close()
 

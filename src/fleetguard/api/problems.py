@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http
 import logging
+import math
 import secrets
 from collections.abc import Mapping
 
@@ -82,7 +83,13 @@ def error_response(error: FleetguardError, *, instance: str) -> JSONResponse:
     extensions.update(_extensions(error))
     if error.status >= 500:
         _log.warning("%s answered %d %s: %s", instance, error.status, error.code, error.message)
-    return _problem(error.status, error.code, error.message, instance=instance, extensions=extensions)
+    headers = None
+    if error.retry_after_s is not None:
+        # RFC 9110 10.2.3: delay-seconds, a whole number; never 0, or clients would retry at once.
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+    return _problem(
+        error.status, error.code, error.message, instance=instance, extensions=extensions, headers=headers
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -59,6 +59,10 @@ class Permission(enum.StrEnum):
     EVENTS_READ = "events:read"
     EVENTS_AUDIT = "events:audit"
     TOKENS_ADMIN = "tokens:admin"
+    CERTS_READ = "certs:read"
+    CERTS_ISSUE = "certs:issue"
+    CERTS_REVOKE = "certs:revoke"
+    CA_ADMIN = "ca:admin"
 
 
 _OPERATOR = frozenset(
@@ -68,14 +72,19 @@ _OPERATOR = frozenset(
         Permission.LIFECYCLE,
         Permission.INVENTORY_ADMIN,
         Permission.EVENTS_READ,
+        Permission.CERTS_READ,
+        Permission.CERTS_ISSUE,
+        Permission.CERTS_REVOKE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.OPERATOR: _OPERATOR,
     # An auditor reads everything and checks the log, but changes nothing.
-    Role.AUDITOR: frozenset({Permission.DEVICES_READ, Permission.EVENTS_READ, Permission.EVENTS_AUDIT}),
-    Role.READ_ONLY: frozenset({Permission.DEVICES_READ}),
+    Role.AUDITOR: frozenset(
+        {Permission.DEVICES_READ, Permission.EVENTS_READ, Permission.EVENTS_AUDIT, Permission.CERTS_READ}
+    ),
+    Role.READ_ONLY: frozenset({Permission.DEVICES_READ, Permission.CERTS_READ}),
 }
 
 

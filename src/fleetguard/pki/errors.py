@@ -5,7 +5,9 @@ or passphrase is wrong, a key file is readable by others): an operator fixes the
 ``SigningFailed`` and ``CaError`` are server-side faults: a signature that does not verify is never
 returned, and CA material that does not chain is never used. ``ProfileInputRejected`` and
 ``ChainExportRejected`` reject bad input from the caller; ``FactoryCertificateRejected`` refuses a
-device's manufacturer (IDevID) certificate at enrollment.
+device's manufacturer (IDevID) certificate at enrollment. ``CsrRejected`` and ``OcspMalformed``
+reject what a device or relying party sent; ``RenewalRefused`` tells a device whose certificate
+expired beyond the grace window to enrol again.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from fleetguard.errors import Conflict, FleetguardError, InvalidInput, Unavailab
 
 __all__ = [
     "CaError",
+    "CertificateNotFound",
     "ChainExportRejected",
     "CsrRejected",
     "FactoryCertificateRejected",
     "InsecureKeyFile",
+    "IssuanceRefused",
     "KeyBackendError",
     "KeyExists",
     "KeyUnlockFailed",
@@ -27,6 +31,7 @@ __all__ = [
     "PkiError",
     "ProfileInputRejected",
     "RenewalRefused",
+    "RenewalThrottled",
     "SigningFailed",
 ]
 
@@ -141,3 +146,26 @@ class OcspMalformed(PkiError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"malformed OCSP request: {reason}")
         self.reason = reason
+
+
+class CertificateNotFound(PkiError):
+    """No certificate with this serial was issued here."""
+
+    status = 404
+    code = "certificate-not-found"
+
+
+class IssuanceRefused(Conflict, PkiError):
+    """The device may not get a certificate now (quarantined, decommissioned, or not its certificate)."""
+
+    code = "issuance-refused"
+
+
+class RenewalThrottled(Unavailable, PkiError):
+    """A renewal rate limit is exhausted; the client retries after ``retry_after_s`` seconds."""
+
+    code = "renewal-throttled"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, hint=f"retry in {max(1, round(retry_after_s))} s")
+        self.retry_after_s = retry_after_s

@@ -11,7 +11,7 @@ re-encoded as the DER ``Ecdsa-Sig-Value`` X.509 needs (RFC 3279 2.2.3).
 PKCS#11 login state belongs to the whole process, not to a session, so a process opens each token
 once and shares that :class:`Pkcs11Token`; a second open of the same token is refused instead of
 silently reusing the first login. Sessions are not safe for concurrent operations, so signing is
-serialised with a lock.
+serialised with a lock, as is every other use of the session.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Pkcs11Key:
         private: SignMixin,
         public: ec.EllipticCurvePublicKey,
         curve: Curve,
-        lock: threading.Lock,
+        lock: threading.RLock,
     ) -> None:
         self._label = label
         self._private = private
@@ -118,7 +118,7 @@ class Pkcs11Token:
     def __init__(self, session: pkcs11.Session, identity: tuple[str, bytes], label: str) -> None:
         self._session = session
         self._identity = identity
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one session: every operation on it, signing included, in turn
         self.label = label
 
     @classmethod
@@ -171,13 +171,14 @@ class Pkcs11Token:
         P-384, or if the token says its private key is extractable or not sensitive.
         """
         _require_label(label)
-        private = self._one(ObjectClass.PRIVATE_KEY, label)
-        public = self._one(ObjectClass.PUBLIC_KEY, label)
-        try:
-            sensitive, extractable = private[Attribute.SENSITIVE], private[Attribute.EXTRACTABLE]
-            params, point = public[Attribute.EC_PARAMS], public[Attribute.EC_POINT]
-        except pkcs11.PKCS11Error as exc:
-            raise KeyBackendError(f"cannot read the attributes of key {label!r}: {exc}") from exc
+        with self._lock:
+            private = self._one(ObjectClass.PRIVATE_KEY, label)
+            public = self._one(ObjectClass.PUBLIC_KEY, label)
+            try:
+                sensitive, extractable = private[Attribute.SENSITIVE], private[Attribute.EXTRACTABLE]
+                params, point = public[Attribute.EC_PARAMS], public[Attribute.EC_POINT]
+            except pkcs11.PKCS11Error as exc:
+                raise KeyBackendError(f"cannot read the attributes of key {label!r}: {exc}") from exc
         if not isinstance(private, SignMixin):
             raise KeyBackendError(f"key {label!r} cannot sign (no CKA_SIGN)")
         if not sensitive or extractable:
@@ -198,6 +199,25 @@ class Pkcs11Token:
         Raises ``KeyExists`` if a key with that label exists, ``KeyBackendError`` if the token fails.
         """
         _require_label(label)
+        with self._lock:
+            self._generate(label, curve)
+        return self.key(label)
+
+    def find_or_generate_key(self, label: str, curve: Curve) -> Pkcs11Key:
+        """Return the key labelled ``label``, generating it on ``curve`` if there is none.
+
+        Raises ``KeyBackendError`` if an existing key is on another curve or is unusable (see :meth:`key`).
+        """
+        _require_label(label)
+        with self._lock:
+            if not self._exists(label):
+                self._generate(label, curve)
+            key = self.key(label)
+        if key.curve is not curve:
+            raise KeyBackendError(f"key {label!r} is on {key.curve.value}, expected {curve.value}")
+        return key
+
+    def _generate(self, label: str, curve: Curve) -> None:
         if self._exists(label):
             raise KeyExists(f"token {self.label!r} already has a key labelled {label!r}")
         try:
@@ -219,19 +239,6 @@ class Pkcs11Token:
             )
         except pkcs11.PKCS11Error as exc:
             raise KeyBackendError(f"token {self.label!r} cannot generate key {label!r}: {exc}") from exc
-        return self.key(label)
-
-    def find_or_generate_key(self, label: str, curve: Curve) -> Pkcs11Key:
-        """Return the key labelled ``label``, generating it on ``curve`` if there is none.
-
-        Raises ``KeyBackendError`` if an existing key is on another curve or is unusable (see :meth:`key`).
-        """
-        if not self._exists(label):
-            return self.generate_key(label, curve)
-        key = self.key(label)
-        if key.curve is not curve:
-            raise KeyBackendError(f"key {label!r} is on {key.curve.value}, expected {curve.value}")
-        return key
 
     def _exists(self, label: str) -> bool:
         try:

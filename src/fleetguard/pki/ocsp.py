@@ -6,7 +6,10 @@ Theory of operation.
    URL-encoded) and :func:`request_from_post` (``application/ocsp-request``) bound the input and
    hand the DER to :func:`parse_request`, which accepts one to ``MAX_CERT_IDS`` CertIDs hashed with
    SHA-1 or SHA-256 and raises :class:`~fleetguard.pki.errors.OcspMalformed` for everything else;
-   the HTTP edge then answers ``unsuccessful_response(ResponseStatus.MALFORMED_REQUEST)``.
+   the HTTP edge then answers ``unsuccessful_response(ResponseStatus.MALFORMED_REQUEST)``. The
+   common request (one CertID) is decoded by ``cryptography`` in microseconds; whatever that path
+   does not plainly accept goes to a full asn1crypto decoder, the reference, which decides and says
+   why (a property test checks that both agree).
 2. *Respond.* The issuing CA answers for itself (RFC 6960 2.6: the CA that issued the certificate
    signs; no delegated responder certificate, so ``certs`` is absent and the ResponderID is the
    hash of the CA's key, 4.2.1). :func:`respond` checks that every CertID names this CA by name
@@ -42,12 +45,13 @@ from asn1crypto import core as asn1_core
 from asn1crypto import ocsp as asn1_ocsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import ocsp as x509_ocsp
 
 from fleetguard.pki.errors import CaError, OcspMalformed, SigningFailed
-from fleetguard.pki.keys import SigningKey, signature_algorithm_oid, verify_signature
+from fleetguard.pki.keys import SigningKey, SoftwareKey, signature_algorithm_oid, verify_signature
 from fleetguard.pki.revocation import MAX_SERIAL, RevocationReason
 
 __all__ = [
@@ -88,7 +92,6 @@ DEFAULT_CACHE_ENTRIES = 250_000
 # RFC 6960 4.1.1 CertID hashAlgorithm: SHA-1 (what clients send by default) and SHA-256.
 _SHA1_OID = "1.3.14.3.2.26"
 _SHA256_OID = "2.16.840.1.101.3.4.2.1"
-_ASN1_NULL = b"\x05\x00"
 
 
 class CertIdHash(enum.StrEnum):
@@ -104,6 +107,7 @@ class CertIdHash(enum.StrEnum):
 
 
 _HASH_OIDS = {_SHA1_OID: CertIdHash.SHA1, _SHA256_OID: CertIdHash.SHA256}
+_FAST_HASHES = {"sha1": CertIdHash.SHA1, "sha256": CertIdHash.SHA256}  # cryptography's hash names
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +199,30 @@ def parse_request(der: bytes) -> OcspQuery:
     """Decode a DER OCSPRequest (RFC 6960 4.1.1); return its CertIDs.
 
     A requestor signature, if any, is not checked (4.1.2: optional, and this responder needs none);
-    non-critical request extensions such as the nonce are ignored. Raises ``OcspMalformed`` for
-    oversized or malformed DER, a version other than v1, no or too many CertIDs, a hash other than
-    SHA-1 or SHA-256, hashes of the wrong length, or a critical extension.
+    non-critical request extensions such as the nonce are ignored, and so are singleRequestExtensions
+    (the one RFC 6960 defines, the service locator of 4.4.6, asks for forwarding, which an
+    authoritative responder never does). Raises ``OcspMalformed`` for oversized or malformed DER, a
+    version other than v1, no or too many CertIDs, a hash other than SHA-1 or SHA-256, hashes of the
+    wrong length, or a critical request extension.
     """
     if len(der) > MAX_REQUEST_BYTES:
         raise OcspMalformed(f"request is {len(der)} bytes, over {MAX_REQUEST_BYTES}")
+    # Fast path: cryptography's parser takes the common request (one CertID) in microseconds. Anything
+    # it refuses or that is not plainly acceptable goes to the full decoder, which decides and says why.
+    try:
+        request = x509_ocsp.load_der_ocsp_request(der)
+        hash_algorithm = _FAST_HASHES.get(request.hash_algorithm.name)
+        critical = any(extension.critical for extension in request.extensions)
+    except (ValueError, NotImplementedError, UnsupportedAlgorithm, x509.DuplicateExtension):
+        return _parse_fully(der)
+    name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
+    if hash_algorithm is None or critical or not _digest_sizes_match(hash_algorithm, name_hash, key_hash):
+        return _parse_fully(der)
+    return OcspQuery((CertId(hash_algorithm, name_hash, key_hash, request.serial_number),))
+
+
+def _parse_fully(der: bytes) -> OcspQuery:
+    """Decode any OCSPRequest with asn1crypto: several CertIDs, and precise reasons for refusals."""
     try:
         tbs = asn1_ocsp.OCSPRequest.load(der, strict=True)["tbs_request"]
         if tbs["version"].native != "v1":
@@ -209,13 +231,10 @@ def parse_request(der: bytes) -> OcspQuery:
         requests = tbs["request_list"]
         if not 1 <= len(requests) <= MAX_CERT_IDS:
             raise OcspMalformed(f"request has {len(requests)} CertIDs; 1 to {MAX_CERT_IDS} are answered")
-        cert_ids = []
-        for request in requests:
-            _refuse_critical_extensions(request["single_request_extensions"])
-            cert_ids.append(_cert_id(request["req_cert"]))
+        cert_ids = tuple(_cert_id(request["req_cert"]) for request in requests)
     except _ASN1_ERRORS as exc:
         raise OcspMalformed(f"undecodable DER: {exc}") from exc
-    return OcspQuery(tuple(cert_ids))
+    return OcspQuery(cert_ids)
 
 
 def respond(
@@ -385,21 +404,23 @@ def _refuse_critical_extensions(extensions: asn1_core.Sequence) -> None:
 
 
 def _cert_id(cert_id: asn1_ocsp.CertId) -> CertId:
-    algorithm = cert_id["hash_algorithm"]
-    oid = str(algorithm["algorithm"].dotted)
+    # The hash's parameters (absent or NULL, RFC 5754 2) are not looked at: responses echo NULL.
+    oid = str(cert_id["hash_algorithm"]["algorithm"].dotted)
     hash_algorithm = _HASH_OIDS.get(oid)
     if hash_algorithm is None:
         raise OcspMalformed(f"CertID hash {oid} is not SHA-1 or SHA-256")
-    if bytes(algorithm["parameters"].dump()) not in (b"", _ASN1_NULL):  # RFC 5754 2: absent or NULL
-        raise OcspMalformed(f"CertID hash {hash_algorithm} has parameters")
     name_hash = bytes(cert_id["issuer_name_hash"].native)
     key_hash = bytes(cert_id["issuer_key_hash"].native)
-    if len(name_hash) != hash_algorithm.digest_size or len(key_hash) != hash_algorithm.digest_size:
+    if not _digest_sizes_match(hash_algorithm, name_hash, key_hash):
         raise OcspMalformed(f"CertID issuer hashes are not {hash_algorithm} digests")
     serial = cert_id["serial_number"].native
     if not isinstance(serial, int):
         raise OcspMalformed("CertID serial is not an INTEGER")
     return CertId(hash_algorithm, name_hash, key_hash, serial)
+
+
+def _digest_sizes_match(hash_algorithm: CertIdHash, name_hash: bytes, key_hash: bytes) -> bool:
+    return len(name_hash) == len(key_hash) == hash_algorithm.digest_size
 
 
 # --- signing ----------------------------------------------------------------------------------
@@ -467,84 +488,118 @@ def _respond(
         return ResponseStatus.UNAUTHORIZED, unsuccessful_response(ResponseStatus.UNAUTHORIZED)
     if _spki(key.public_key()) != issuer.spki:
         raise CaError(f"the responder key is not the key of issuer {issuer_cert.subject.rfc4514_string()}")
-    this_update = now.astimezone(dt.UTC).replace(microsecond=0)  # RFC 5280 4.1.2.5.2: no fractions
-    responses = [
-        _single_response(cert_id, _status_of(cert_id.serial, status_lookup), this_update, validity)
+    this_update = now.astimezone(dt.UTC)
+    produced_at = _generalized_time(this_update)
+    next_update = _tlv(_CONTEXT_0, _generalized_time(this_update + validity))
+    responses = b"".join(
+        _tlv(
+            _SEQUENCE,
+            _encode_cert_id(cert_id)
+            + _encode_status(_status_of(cert_id.serial, status_lookup))
+            + produced_at
+            + next_update,
+        )
         for cert_id in query.cert_ids
-    ]
-    data = asn1_ocsp.ResponseData(
-        {
-            "responder_id": asn1_ocsp.ResponderId(name="by_key", value=issuer.key_hashes[CertIdHash.SHA1]),
-            "produced_at": this_update,
-            "responses": responses,
-        }
     )
-    return ResponseStatus.SUCCESSFUL, _signed(data, key)
+    # RFC 6960 4.2.1 ResponseData: version v1 is the DEFAULT, so it is omitted (X.690 11.5).
+    responder_id = _tlv(_CONTEXT_2, _tlv(_OCTET_STRING, issuer.key_hashes[CertIdHash.SHA1]))
+    tbs = _tlv(_SEQUENCE, responder_id + produced_at + _tlv(_SEQUENCE, responses))
+    return ResponseStatus.SUCCESSFUL, _signed(tbs, key)
 
 
 def _status_of(serial: int, status_lookup: Callable[[int], CertStatus]) -> CertStatus:
     return status_lookup(serial) if 0 < serial <= MAX_SERIAL else Unknown()
 
 
-def _single_response(
-    cert_id: CertId, status: CertStatus, this_update: dt.datetime, validity: dt.timedelta
-) -> asn1_ocsp.SingleResponse:
-    return asn1_ocsp.SingleResponse(
-        {
-            "cert_id": {
-                "hash_algorithm": {"algorithm": cert_id.hash_algorithm.value},
-                "issuer_name_hash": cert_id.issuer_name_hash,
-                "issuer_key_hash": cert_id.issuer_key_hash,
-                "serial_number": cert_id.serial,
-            },
-            "cert_status": _encode_status(status),
-            "this_update": this_update,
-            "next_update": this_update + validity,
-        }
+def _encode_cert_id(cert_id: CertId) -> bytes:
+    """Echo the request's CertID (RFC 6960 4.2.1), with the hash's parameters as NULL."""
+    return _tlv(
+        _SEQUENCE,
+        _HASH_ALGORITHMS[cert_id.hash_algorithm]
+        + _tlv(_OCTET_STRING, cert_id.issuer_name_hash)
+        + _tlv(_OCTET_STRING, cert_id.issuer_key_hash)
+        + _integer(cert_id.serial),
     )
 
 
-def _encode_status(status: CertStatus) -> asn1_ocsp.CertStatus:
+def _encode_status(status: CertStatus) -> bytes:
+    # CertStatus ::= CHOICE { good [0] IMPLICIT NULL, revoked [1] IMPLICIT RevokedInfo,
+    #                         unknown [2] IMPLICIT UnknownInfo }   (RFC 6960 4.2.1)
     match status:
         case Good():
-            return asn1_ocsp.CertStatus(name="good", value=asn1_ocsp.StatusGood())
+            return b"\x80\x00"
         case Unknown():
-            return asn1_ocsp.CertStatus(name="unknown", value=asn1_ocsp.StatusUnknown())
+            return b"\x82\x00"
         case Revoked(revoked_at=revoked_at, reason=reason):
-            info: dict[str, object] = {
-                "revocation_time": revoked_at.astimezone(dt.UTC).replace(microsecond=0)
-            }
-            if reason is not RevocationReason.UNSPECIFIED:  # as in CRLs, RFC 5280 5.3.1
-                info["revocation_reason"] = reason.code
-            return asn1_ocsp.CertStatus(name="revoked", value=asn1_ocsp.RevokedInfo(info))
+            info = _generalized_time(revoked_at)
+            if reason is not RevocationReason.UNSPECIFIED:  # left out, as in CRLs (RFC 5280 5.3.1)
+                info += _tlv(_CONTEXT_0, bytes((_ENUMERATED, 1, reason.code)))  # [0] EXPLICIT CRLReason
+            return _tlv(0xA1, info)
         case _:
             assert_never(status)
 
 
-def _signed(data: asn1_ocsp.ResponseData, key: SigningKey) -> bytes:
-    tbs = bytes(data.dump())
+def _signed(tbs: bytes, key: SigningKey) -> bytes:
     signature = key.sign(tbs)
-    try:
-        verify_signature(key.public_key(), signature, tbs, key.hash_algorithm)
-    except InvalidSignature as exc:
-        raise SigningFailed(
-            "the OCSP response signature made by the key backend does not verify with its public key",
-            hint="the token may hold another key under this label, or be faulty",
-        ) from exc
-    algorithm = {"algorithm": signature_algorithm_oid(key).dotted_string}
-    if isinstance(key.public_key(), rsa.RSAPublicKey):
-        algorithm["parameters"] = asn1_core.Null()  # RFC 4055 5
-    basic = asn1_ocsp.BasicOCSPResponse(
-        {
-            "tbs_response_data": data,
-            "signature_algorithm": asn1_algos.SignedDigestAlgorithm(algorithm),
-            "signature": signature,
-        }
+    if not isinstance(key, SoftwareKey):  # as fleetguard.pki.signing: verify what a token signed
+        try:
+            verify_signature(key.public_key(), signature, tbs, key.hash_algorithm)
+        except InvalidSignature as exc:
+            raise SigningFailed(
+                "the OCSP response signature made by the key backend does not verify with its public key",
+                hint="the token may hold another key under this label, or be faulty",
+            ) from exc
+    algorithm = _signature_algorithm(
+        signature_algorithm_oid(key).dotted_string, isinstance(key.public_key(), rsa.RSAPublicKey)
     )
-    response = asn1_ocsp.OCSPResponse(
-        {
-            "response_status": "successful",
-            "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
-        }
-    )
-    return bytes(response.dump())
+    # X.690 8.6.2.2: the BIT STRING's first octet counts unused bits, here none.
+    basic = _tlv(_SEQUENCE, tbs + algorithm + _tlv(_BIT_STRING, b"\x00" + signature))
+    response_bytes = _tlv(_SEQUENCE, _ID_PKIX_OCSP_BASIC + _tlv(_OCTET_STRING, basic))
+    return _tlv(_SEQUENCE, _SUCCESSFUL + _tlv(_CONTEXT_0, response_bytes))
+
+
+# --- DER (X.690), only what a BasicOCSPResponse needs ---------------------------------------------
+
+_SEQUENCE = 0x30
+_BIT_STRING = 0x03
+_OCTET_STRING = 0x04
+_ENUMERATED = 0x0A
+_CONTEXT_0 = 0xA0
+_CONTEXT_2 = 0xA2
+_SUCCESSFUL = b"\x0a\x01\x00"
+_ID_PKIX_OCSP_BASIC = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x01"  # 1.3.6.1.5.5.7.48.1.1
+_HASH_ALGORITHMS = {
+    CertIdHash.SHA1: b"\x30\x09\x06\x05\x2b\x0e\x03\x02\x1a\x05\x00",
+    CertIdHash.SHA256: b"\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00",
+}
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """Return a DER TLV with a definite length in the fewest octets (X.690 8.1.3, 10.1)."""
+    length = len(content)
+    if length < 0x80:
+        return bytes((tag, length)) + content
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(octets))) + octets + content
+
+
+def _integer(value: int) -> bytes:
+    """Return an INTEGER in two's complement, fewest octets (X.690 8.3); CertID serials may be negative."""
+    size = ((value if value >= 0 else ~value).bit_length() + 8) // 8
+    return _tlv(0x02, value.to_bytes(size, "big", signed=True))
+
+
+def _generalized_time(value: dt.datetime) -> bytes:
+    """Return a GeneralizedTime in whole seconds, UTC, with Z (RFC 5280 4.1.2.5.2, used by RFC 6960)."""
+    utc = value.astimezone(dt.UTC)
+    text = b"%04d%02d%02d%02d%02d%02dZ" % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second)
+    return b"\x18\x0f" + text
+
+
+@functools.lru_cache(maxsize=8)
+def _signature_algorithm(dotted: str, with_null: bool) -> bytes:
+    # RFC 5758 3.2: ECDSA parameters absent; RFC 4055 5: RSA PKCS#1 v1.5 parameters NULL.
+    algorithm: dict[str, object] = {"algorithm": dotted}
+    if with_null:
+        algorithm["parameters"] = asn1_core.Null()
+    return bytes(asn1_algos.SignedDigestAlgorithm(algorithm).dump())

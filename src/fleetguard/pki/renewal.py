@@ -147,7 +147,7 @@ class RateLimit:
 
 
 DEFAULT_MAX_KEYS = 1_000_000
-"""Per-device buckets kept before the least recently used is forgotten (about 200 MB at the cap)."""
+"""Device buckets kept before the least recently used is forgotten (about 260 MB at the cap, UUID keys)."""
 
 
 @dataclass(slots=True)

@@ -30,11 +30,11 @@ from fleetguard.types import ensure_utc
 __all__ = [
     "ApiTokenRow",
     "AuthorityRow",
-    "CertificateRow",
-    "CrlCounterRow",
     "Base",
     "BusCursorRow",
+    "CertificateRow",
     "CheckpointRow",
+    "CrlCounterRow",
     "DeviceRow",
     "DeviceTypeRow",
     "EventHeadRow",
@@ -209,6 +209,7 @@ class CertificateRow(Base):
         Index("ix_pki_certificates_device", "device_id"),
         Index("ix_pki_certificates_not_after", "not_after"),
         Index("ix_pki_certificates_status", "status"),
+        Index("ix_pki_certificates_shard", "issuer_id", "crl_partition", "status"),
         UniqueConstraint("sha256", name="uq_pki_certificates_sha256"),
     )
 
@@ -219,6 +220,8 @@ class CertificateRow(Base):
     profile: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(String(512))
     issuer_id: Mapped[str] = mapped_column(String(64), ForeignKey("pki_authorities.id", ondelete="RESTRICT"))
+    # The CRL shard named in the certificate's distribution point, fixed at issuance.
+    crl_partition: Mapped[int] = mapped_column(Integer)
     not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     sha256: Mapped[bytes] = mapped_column(LargeBinary(32))

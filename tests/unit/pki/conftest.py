@@ -243,7 +243,7 @@ def ca(root_key: SoftwareKey, root_cert: x509.Certificate) -> CertificateAuthori
     return CertificateAuthority(root=root_cert, issuing=issuing, key=issuing_key)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def now() -> dt.datetime:
     """A fixed instant with microseconds; openssl checks run with ``-attime`` at it."""
     return NOW

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("profile", sa.String(length=16), nullable=False),
         sa.Column("subject", sa.String(length=512), nullable=False),
         sa.Column("issuer_id", sa.String(length=64), nullable=False),
+        sa.Column("crl_partition", sa.Integer(), nullable=False),
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=False),
         sa.Column("not_after", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sha256", sa.LargeBinary(length=32), nullable=False),
@@ -52,6 +53,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_pki_certificates_device", ["device_id"], unique=False)
         batch_op.create_index("ix_pki_certificates_not_after", ["not_after"], unique=False)
         batch_op.create_index("ix_pki_certificates_status", ["status"], unique=False)
+        batch_op.create_index(
+            "ix_pki_certificates_shard", ["issuer_id", "crl_partition", "status"], unique=False
+        )
 
     op.create_table(
         "pki_crl_numbers",
@@ -68,6 +72,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("pki_crl_numbers")
     with op.batch_alter_table("pki_certificates", schema=None) as batch_op:
+        batch_op.drop_index("ix_pki_certificates_shard")
         batch_op.drop_index("ix_pki_certificates_status")
         batch_op.drop_index("ix_pki_certificates_not_after")
         batch_op.drop_index("ix_pki_certificates_device")

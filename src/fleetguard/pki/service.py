@@ -1,0 +1,558 @@
+"""The certificate service: the CA hierarchy, issuance, renewal, revocation and fleet views.
+
+Theory of operation:
+
+* **Hierarchy.** :meth:`CertificateService.initialize` creates the root (P-384, always a key file, so it
+  can be taken offline) and the first issuing CA (P-256, a key file or a non-extractable PKCS#11 key).
+  :meth:`rotate` adds a new issuing CA under the same root and retires the old one for issuance; the
+  old one keeps answering OCSP and publishing CRLs until it expires, so no device loses trust.
+* **Issuance.** The CSR only proves possession of a key: subject and SAN come from the inventory
+  (``CN = device id``, ``spiffe://<trust domain>/device/<id>``). Every certificate is recorded, with
+  its SHA-256 fingerprint and its CRL shard, in the same transaction as its ``cert.issued`` event and
+  before it is returned; a serial collision (159 random bits) is retried with a new serial.
+* **Renewal** is rate limited per device and for the fleet (a refusal carries ``Retry-After``), and a
+  certificate that expired while its device was offline may renew within the grace window.
+* **Revocation** marks the record, appends ``cert.revoked`` (published on the bus for enforcement
+  points), then rebuilds the certificate's CRL shard and delta CRL and invalidates pre-signed OCSP
+  responses, all before the call returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from fleetguard.config import Settings
+from fleetguard.errors import Conflict, InvalidInput
+from fleetguard.events.entry import NewEvent
+from fleetguard.events.log import EventLog
+from fleetguard.events.relay import publish_committed
+from fleetguard.inventory.lifecycle import State
+from fleetguard.inventory.service import Inventory, device_event_subject
+from fleetguard.pki.ca import CertificateAuthority, ChainFormat, create_issuing, create_root, export_chain
+from fleetguard.pki.crl import crl_url, distribution_point_url
+from fleetguard.pki.csr import validate_csr
+from fleetguard.pki.errors import (
+    CertificateNotFound,
+    IssuanceRefused,
+    PkiError,
+    RenewalThrottled,
+)
+from fleetguard.pki.keyring import Keyring
+from fleetguard.pki.keys import Curve
+from fleetguard.pki.profile import DeviceProfile, PublicationUrls, new_serial
+from fleetguard.pki.renewal import AdmissionOutcome, RateLimit, RateLimiter, renewal_time, require_renewable
+from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_of
+from fleetguard.store.database import Database
+from fleetguard.store.errors import DuplicateKey
+from fleetguard.store.models import AuthorityRow, CertificateRow
+from fleetguard.types import utc_now
+
+__all__ = [
+    "AuthorityRecord",
+    "CertificateRecord",
+    "CertificateService",
+    "CertificateStatus",
+    "FleetView",
+]
+
+ROOT_ID = "root"
+_SERIAL_ATTEMPTS = 3
+_MAX_PAGE = 10_000
+
+
+class CertificateStatus(enum.StrEnum):
+    """A recorded certificate's revocation status (expiry is read from ``not_after``)."""
+
+    VALID = "valid"
+    REVOKED = "revoked"
+
+
+class FleetView(enum.StrEnum):
+    """The fleet-wide certificate listings."""
+
+    ALL = "all"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityRecord:
+    """A CA certificate of the installation."""
+
+    id: str
+    role: str
+    status: str
+    certificate: x509.Certificate
+    key_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """An issued certificate as recorded."""
+
+    serial: int
+    device_id: str | None
+    profile: str
+    subject: str
+    issuer_id: str
+    crl_partition: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    sha256: bytes
+    status: CertificateStatus
+    revoked_at: dt.datetime | None
+    reason: RevocationReason | None
+    renewed_from: int | None
+    der: bytes
+
+    def pem(self) -> bytes:
+        """Return the certificate as PEM."""
+        return x509.load_der_x509_certificate(self.der).public_bytes(serialization.Encoding.PEM)
+
+    def revoked_entry(self) -> RevokedEntry:
+        """Return this (revoked) certificate's CRL entry."""
+        assert self.revoked_at is not None
+        return RevokedEntry(
+            serial=self.serial,
+            revoked_at=self.revoked_at,
+            reason=self.reason or RevocationReason.UNSPECIFIED,
+            not_after=self.not_after,
+        )
+
+
+class CertificateService:
+    """The installation's CAs and every certificate they issue."""
+
+    def __init__(
+        self,
+        database: Database,
+        log: EventLog,
+        inventory: Inventory,
+        settings: Settings,
+        trust_domain: str,
+        *,
+        keyring: Keyring | None = None,
+        on_commit: Callable[[], object] | None = None,
+        on_revoked: Callable[[CertificateRecord], None] | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+        serials: Callable[[], int] = new_serial,
+    ) -> None:
+        self._db = database
+        self._serials = serials
+        self._log = log
+        self._inventory = inventory
+        self._settings = settings
+        self._trust_domain = trust_domain
+        self.keyring = keyring or Keyring(settings)
+        self._on_commit = on_commit
+        self._on_revoked = on_revoked
+        self._clock = clock
+        self._authority: tuple[str, CertificateAuthority] | None = None
+        self._lock = threading.Lock()
+        self._limiter = RateLimiter(
+            per_device=RateLimit(
+                rate_per_s=settings.device_renewals_per_hour / 3600, burst=settings.device_renewal_burst
+            ),
+            fleet=RateLimit(rate_per_s=settings.renewal_rate_per_s, burst=settings.renewal_burst),
+        )
+
+    # -- the hierarchy -----------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The public URL prefix of CRLs, OCSP and CA certificates."""
+        return self._settings.resolved_pki_base_url
+
+    def ca_url(self, authority_id: str) -> str:
+        """Return the URL prefix under which ``authority_id`` publishes its CRLs and certificate."""
+        return f"{self.base_url}/ca/{authority_id}"
+
+    def initialize(self, *, actor: str, now: dt.datetime, hsm: bool = False) -> list[AuthorityRecord]:
+        """Create the root and the first issuing CA; return both.
+
+        Raises ``Conflict`` if the installation has a CA already, ``KeyExists`` if key material of an
+        interrupted attempt is in the way, ``KeyBackendError`` if a key cannot be made or unlocked.
+        """
+        if self.authorities():
+            raise Conflict(
+                "the CA is initialized already", hint="use `fleetguard ca rotate` for a new issuing CA"
+            )
+        root_ref, root_key = self.keyring.create(ROOT_ID, Curve.P384)
+        root = create_root(root_key, self._name("root CA"), now)
+        issuing_id = "issuing-1"
+        issuing_ref, issuing_key = self.keyring.create(issuing_id, Curve.P256, hsm=hsm)
+        issuing = create_issuing(
+            root_key, root, issuing_key.public_key(), now, name=self._name("issuing CA 1"),
+            ca_issuers_url=f"{self.ca_url(ROOT_ID)}.der",
+        )  # fmt: skip
+        with self._db.transaction() as session:
+            session.add(_authority_row(ROOT_ID, "root", root, root_ref, now))
+            session.add(_authority_row(issuing_id, "issuing", issuing, issuing_ref, now))
+            self._event(session, "ca.initialized", "installation", actor, now, issuing=issuing_id, hsm=hsm)
+        self._committed()
+        return self.authorities()
+
+    def rotate(self, *, actor: str, now: dt.datetime, hsm: bool = False) -> AuthorityRecord:
+        """Add a new issuing CA under the root and make it the one that issues; return it.
+
+        The old issuing CA is retired for issuance only: it keeps its CRLs and OCSP until it expires.
+        """
+        current = self.authority()
+        number = 1 + sum(1 for a in self.authorities() if a.role == "issuing")
+        issuing_id = f"issuing-{number}"
+        root_record = self._record(ROOT_ID)
+        root_key = self.keyring.load(root_record.key_ref)
+        ref, key = self.keyring.create(issuing_id, Curve.P256, hsm=hsm)
+        issuing = create_issuing(
+            root_key, current.root, key.public_key(), now, name=self._name(f"issuing CA {number}"),
+            ca_issuers_url=f"{self.ca_url(ROOT_ID)}.der",
+        )  # fmt: skip
+        with self._db.transaction() as session:
+            session.execute(
+                update(AuthorityRow).where(AuthorityRow.role == "issuing").values(status="retired")
+            )
+            session.add(_authority_row(issuing_id, "issuing", issuing, ref, now))
+            self._event(session, "ca.rotated", "installation", actor, now, issuing=issuing_id)
+        with self._lock:
+            self._authority = None
+        self._committed()
+        return self._record(issuing_id)
+
+    def authorities(self) -> list[AuthorityRecord]:
+        """Return every CA certificate, the root first, then issuing CAs oldest first."""
+        with self._db.reading() as session:
+            rows = session.execute(select(AuthorityRow).order_by(AuthorityRow.created_at, AuthorityRow.id))
+            records = [_authority(row) for row in rows.scalars()]
+        return sorted(records, key=lambda r: r.role != "root")
+
+    def authority(self) -> CertificateAuthority:
+        """Return the issuing CA that issues now, with its key (loaded once)."""
+        with self._lock:
+            if self._authority is not None:
+                return self._authority[1]
+        active = [a for a in self.authorities() if a.role == "issuing" and a.status == "active"]
+        if not active:
+            raise PkiError("the CA is not initialized", hint="run `fleetguard ca init`")
+        record = active[-1]
+        ca = CertificateAuthority(
+            root=self._record(ROOT_ID).certificate,
+            issuing=record.certificate,
+            key=self.keyring.load(record.key_ref),
+        )
+        with self._lock:
+            self._authority = (record.id, ca)
+        return ca
+
+    def active_issuer_id(self) -> str:
+        """Return the id of the issuing CA that issues now."""
+        self.authority()
+        assert self._authority is not None
+        return self._authority[0]
+
+    def trust_bundle(self, fmt: ChainFormat) -> bytes:
+        """Return the root and every unexpired issuing CA (what relying parties must trust)."""
+        now = self._clock()
+        certs = [a.certificate for a in self.authorities() if a.certificate.not_valid_after_utc > now]
+        issuing_first = sorted(certs, key=lambda c: c.subject == c.issuer)
+        if fmt is ChainFormat.DER:
+            return self.authority().export_chain(fmt)
+        return export_chain(issuing_first, fmt)
+
+    def issuer(self, authority_id: str) -> tuple[x509.Certificate, CertificateAuthority | None]:
+        """Return an issuing CA's certificate and, when its key is usable, a CA object to sign with."""
+        record = self._record(authority_id)
+        root = self._record(ROOT_ID).certificate
+        return record.certificate, CertificateAuthority(
+            root=root, issuing=record.certificate, key=self.keyring.load(record.key_ref)
+        )
+
+    # -- issuance ----------------------------------------------------------------------------
+
+    def issue_device(
+        self,
+        device_id: str,
+        csr: bytes,
+        *,
+        actor: str,
+        now: dt.datetime | None = None,
+        renewed_from: int | None = None,
+    ) -> CertificateRecord:
+        """Issue device ``device_id``'s operational certificate for the key in ``csr``; return it.
+
+        Raises ``CsrRejected`` for a bad CSR, ``DeviceNotFound``, ``IssuanceRefused`` for a
+        quarantined or decommissioned device, ``KeyBackendError`` if the CA key cannot sign.
+        """
+        moment = now or self._clock()
+        request = validate_csr(csr)
+        device = self._inventory.get(device_id)
+        if device.state in (State.QUARANTINED, State.DECOMMISSIONED):
+            raise IssuanceRefused(f"device {device_id!r} is {device.state}: no certificate is issued")
+        ca = self.authority()
+        issuer_id = self.active_issuer_id()
+        profile = DeviceProfile(
+            trust_domain=self._trust_domain,
+            urls=self._urls(issuer_id),
+            validity=dt.timedelta(days=self._settings.device_certificate_days),
+        )
+        for _ in range(_SERIAL_ATTEMPTS):
+            serial = self._serials()
+            certificate = ca.issue_device_certificate(
+                profile, device_id=device_id, public_key=request.public_key, serial=serial, now=moment,
+                crl_url=distribution_point_url(self.ca_url(issuer_id), serial, self._settings.crl_partitions),
+            )  # fmt: skip
+            try:
+                record = self._record_issued(
+                    certificate, device_id, issuer_id, actor=actor, now=moment, renewed_from=renewed_from
+                )
+            except DuplicateKey:
+                continue  # a serial collision: 2^-159 per pair, but the constraint decides, not hope
+            self._committed()
+            return record
+        raise PkiError(f"no unique serial after {_SERIAL_ATTEMPTS} attempts", hint="check the random source")
+
+    def renew_device(
+        self, device_id: str, csr: bytes, *, serial: int, actor: str, now: dt.datetime | None = None
+    ) -> CertificateRecord:
+        """Renew the device's certificate ``serial`` (possibly expired within the grace window).
+
+        Raises ``RenewalThrottled`` (503, Retry-After) when a rate limit is exhausted,
+        ``RenewalRefused`` beyond the grace window, ``IssuanceRefused`` if ``serial`` is not the
+        device's or is revoked, and as :meth:`issue_device`.
+        """
+        moment = now or self._clock()
+        admission = self._limiter.try_acquire(device_id, time.monotonic())
+        if admission.outcome is not AdmissionOutcome.ADMITTED:
+            raise RenewalThrottled(
+                f"renewal {admission.outcome}: too many renewals", retry_after_s=admission.retry_after_s
+            )
+        current = self.certificate(serial)
+        if current.device_id != device_id:
+            raise IssuanceRefused(f"certificate {serial:x} does not belong to device {device_id!r}")
+        if current.status is CertificateStatus.REVOKED:
+            raise IssuanceRefused(f"certificate {serial:x} is revoked: enrol the device again")
+        require_renewable(
+            current.not_after, now=moment, grace=dt.timedelta(days=self._settings.renewal_grace_days)
+        )
+        return self.issue_device(device_id, csr, actor=actor, now=moment, renewed_from=serial)
+
+    def renewal_due(self, record: CertificateRecord) -> dt.datetime:
+        """Return when ``record`` should be renewed (2/3 of its life, jittered stably by serial)."""
+        return renewal_time(record.not_before, record.not_after, rng=random.Random(record.serial))  # noqa: S311 - jitter, not secrecy
+
+    def _record_issued(
+        self,
+        certificate: x509.Certificate,
+        device_id: str | None,
+        issuer_id: str,
+        *,
+        actor: str,
+        now: dt.datetime,
+        renewed_from: int | None,
+    ) -> CertificateRecord:
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        serial = certificate.serial_number
+        row = CertificateRow(
+            serial=_hex(serial), device_id=device_id, profile="device" if device_id else "server",
+            subject=certificate.subject.rfc4514_string()[:512], issuer_id=issuer_id,
+            crl_partition=partition_of(serial, self._settings.crl_partitions),
+            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+            sha256=hashlib.sha256(der).digest(), status=CertificateStatus.VALID.value, revoked_at=None,
+            revocation_reason=None, renewed_from=None if renewed_from is None else _hex(renewed_from),
+            der=der, created_at=now,
+        )  # fmt: skip
+        with self._db.transaction() as session:
+            session.add(row)
+            session.flush()
+            subject = device_event_subject(device_id) if device_id else f"certificate:{row.serial}"
+            self._event(
+                session, "cert.renewed" if renewed_from else "cert.issued", subject, actor, now,
+                serial=row.serial, not_after=row.not_after.isoformat(), sha256=row.sha256.hex(),
+            )  # fmt: skip
+            return _certificate(row)
+
+    # -- revocation --------------------------------------------------------------------------
+
+    def revoke(
+        self, serial: int, reason: RevocationReason, *, actor: str, now: dt.datetime | None = None
+    ) -> CertificateRecord:
+        """Revoke certificate ``serial``; return its record (unchanged if it was revoked already).
+
+        The ``cert.revoked`` event and the new CRL shard are published before this returns.
+        Raises ``CertificateNotFound``.
+        """
+        moment = now or self._clock()
+        with self._db.transaction() as session:
+            row = _row(session, serial)
+            if row.status == CertificateStatus.REVOKED.value:
+                return _certificate(row)
+            row.status = CertificateStatus.REVOKED.value
+            row.revoked_at = moment
+            row.revocation_reason = reason.value
+            subject = device_event_subject(row.device_id) if row.device_id else f"certificate:{row.serial}"
+            self._event(
+                session, "cert.revoked", subject, actor, moment, serial=row.serial, reason=reason.value
+            )
+            record = _certificate(row)
+        self._committed()
+        if self._on_revoked is not None:
+            self._on_revoked(record)
+        return record
+
+    def revoke_device(
+        self, device_id: str, reason: RevocationReason, *, actor: str, now: dt.datetime | None = None
+    ) -> list[CertificateRecord]:
+        """Revoke every valid certificate of ``device_id``; return them."""
+        valid = self.certificates(device_id=device_id, view=FleetView.ALL, limit=_MAX_PAGE)
+        return [
+            self.revoke(record.serial, reason, actor=actor, now=now)
+            for record in valid
+            if record.status is CertificateStatus.VALID
+        ]
+
+    def revoked_entries(
+        self, issuer_id: str, partition: int | None, *, now: dt.datetime
+    ) -> list[RevokedEntry]:
+        """Return the unexpired revoked entries of one CRL shard (or of the whole CA)."""
+        query = select(CertificateRow).where(
+            CertificateRow.issuer_id == issuer_id,
+            CertificateRow.status == CertificateStatus.REVOKED.value,
+            CertificateRow.not_after >= now - dt.timedelta(days=1),
+        )
+        if partition is not None:
+            query = query.where(CertificateRow.crl_partition == partition)
+        with self._db.reading() as session:
+            return [_certificate(row).revoked_entry() for row in session.execute(query).scalars()]
+
+    # -- views -------------------------------------------------------------------------------
+
+    def certificate(self, serial: int) -> CertificateRecord:
+        """Return the record of ``serial``; raise ``CertificateNotFound``."""
+        with self._db.reading() as session:
+            return _certificate(_row(session, serial))
+
+    def find_certificate(self, serial: int) -> CertificateRecord | None:
+        """Return the record of ``serial``, or None (for OCSP's "unknown")."""
+        with self._db.reading() as session:
+            row = session.get(CertificateRow, _hex(serial))
+            return None if row is None else _certificate(row)
+
+    def certificates(
+        self,
+        *,
+        view: FleetView = FleetView.ALL,
+        device_id: str | None = None,
+        within: dt.timedelta = dt.timedelta(days=7),
+        now: dt.datetime | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[CertificateRecord]:
+        """Return certificates of one fleet view, ordered by expiry then serial.
+
+        ``expiring``: valid, not yet expired, expiring within ``within``; ``expired``: valid but past
+        ``not_after``; ``revoked``; ``all``. ``after`` pages by serial within the same order.
+        """
+        if not 1 <= limit <= _MAX_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {_MAX_PAGE}")
+        moment = now or self._clock()
+        query = select(CertificateRow).order_by(CertificateRow.not_after, CertificateRow.serial)
+        valid = CertificateRow.status == CertificateStatus.VALID.value
+        match view:
+            case FleetView.EXPIRING:
+                query = query.where(
+                    valid, CertificateRow.not_after > moment, CertificateRow.not_after <= moment + within
+                )
+            case FleetView.EXPIRED:
+                query = query.where(valid, CertificateRow.not_after <= moment)
+            case FleetView.REVOKED:
+                query = query.where(CertificateRow.status == CertificateStatus.REVOKED.value)
+            case FleetView.ALL:
+                pass
+        if device_id is not None:
+            query = query.where(CertificateRow.device_id == device_id)
+        if after is not None:
+            query = query.where(CertificateRow.serial > _hex(after))
+        with self._db.reading() as session:
+            return [_certificate(row) for row in session.execute(query.limit(limit)).scalars()]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _urls(self, issuer_id: str) -> PublicationUrls:
+        base = self.ca_url(issuer_id)
+        return PublicationUrls(
+            crl=crl_url(base, None), ocsp=f"{self.base_url}/ocsp", ca_issuers=f"{base}.der"
+        )
+
+    def _name(self, role: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._trust_domain),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"fleetguard {role}"),
+            ]
+        )
+
+    def _record(self, authority_id: str) -> AuthorityRecord:
+        with self._db.reading() as session:
+            row = session.get(AuthorityRow, authority_id)
+            if row is None:
+                raise PkiError(f"no CA {authority_id!r}", hint="run `fleetguard ca init`")
+            return _authority(row)
+
+    def _event(
+        self, session: Session, action: str, subject: str, actor: str, now: dt.datetime, **data: str | bool
+    ) -> None:
+        self._log.append(session, NewEvent(actor=actor, subject=subject, action=action, data=data), now=now)
+
+    def _committed(self) -> None:
+        publish_committed(self._on_commit)
+
+
+def _hex(serial: int) -> str:
+    # Fixed width so that text order is numeric order (paging by serial).
+    return f"{serial:040x}"
+
+
+def _row(session: Session, serial: int) -> CertificateRow:
+    row = session.get(CertificateRow, _hex(serial))
+    if row is None:
+        raise CertificateNotFound(f"no certificate with serial {serial:x} was issued here")
+    return row
+
+
+def _authority_row(
+    authority_id: str, role: str, certificate: x509.Certificate, key_ref: str, now: dt.datetime
+) -> AuthorityRow:
+    return AuthorityRow(
+        id=authority_id, role=role, status="active",
+        der=certificate.public_bytes(serialization.Encoding.DER), key_ref=key_ref,
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+        created_at=now,
+    )  # fmt: skip
+
+
+def _authority(row: AuthorityRow) -> AuthorityRecord:
+    return AuthorityRecord(row.id, row.role, row.status, x509.load_der_x509_certificate(row.der), row.key_ref)
+
+
+def _certificate(row: CertificateRow) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row.serial, 16), device_id=row.device_id, profile=row.profile, subject=row.subject,
+        issuer_id=row.issuer_id, crl_partition=row.crl_partition, not_before=row.not_before,
+        not_after=row.not_after, sha256=bytes(row.sha256), status=CertificateStatus(row.status),
+        revoked_at=row.revoked_at,
+        reason=None if row.revocation_reason is None else RevocationReason(row.revocation_reason),
+        renewed_from=None if row.renewed_from is None else int(row.renewed_from, 16), der=bytes(row.der),
+    )  # fmt: skip

@@ -22,14 +22,19 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import ipaddress
+import os
 import random
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -52,7 +57,7 @@ from fleetguard.pki.errors import (
 )
 from fleetguard.pki.keyring import Keyring
 from fleetguard.pki.keys import Curve
-from fleetguard.pki.profile import DeviceProfile, PublicationUrls, new_serial
+from fleetguard.pki.profile import DeviceProfile, IpAddress, PublicationUrls, ServerProfile, new_serial
 from fleetguard.pki.renewal import AdmissionOutcome, RateLimit, RateLimiter, renewal_time, require_renewable
 from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_of
 from fleetguard.store.database import Database
@@ -69,6 +74,8 @@ __all__ = [
 ]
 
 ROOT_ID = "root"
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+_SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERIAL_ATTEMPTS = 3
 _MAX_PAGE = 10_000
 
@@ -349,6 +356,93 @@ class CertificateService:
         )
         return self.issue_device(device_id, csr, actor=actor, now=moment, renewed_from=serial)
 
+    def issue_server(
+        self,
+        name: str,
+        dns_names: Sequence[str],
+        ip_addresses: Sequence[IpAddress] = (),
+        *,
+        actor: str,
+        now: dt.datetime | None = None,
+        renewed_from: int | None = None,
+    ) -> CertificateRecord:
+        """Issue a TLS server certificate (broker, API) with a new P-256 key that the server keeps.
+
+        The key (mode 0600), the certificate and its chain are written under
+        ``<data dir>/pki/servers/`` as ``<name>.key.pem``, ``<name>.pem`` and ``<name>.chain.pem``,
+        each replaced atomically; :meth:`renew_servers` keeps them current.
+        """
+        if not _SERVER_NAME.fullmatch(name):
+            raise InvalidInput(f"server certificate name {name[:40]!r} must be 1-64 of a-z 0-9 . _ -")
+        moment = now or self._clock()
+        ca = self.authority()
+        issuer_id = self.active_issuer_id()
+        key = ec.generate_private_key(ec.SECP256R1())
+        profile = ServerProfile(urls=self._urls(issuer_id))
+        for _ in range(_SERIAL_ATTEMPTS):
+            certificate = ca.issue_server_certificate(
+                profile, dns_names=dns_names, ip_addresses=ip_addresses, public_key=key.public_key(),
+                serial=self._serials(), now=moment,
+            )  # fmt: skip
+            try:
+                record = self._record_issued(
+                    certificate, None, issuer_id, actor=actor, now=moment, renewed_from=renewed_from
+                )
+            except DuplicateKey:
+                continue
+            self._write_server_files(name, key, certificate, ca)
+            self._committed()
+            return record
+        raise PkiError(f"no unique serial after {_SERIAL_ATTEMPTS} attempts", hint="check the random source")
+
+    def renew_servers(self, *, actor: str, now: dt.datetime | None = None) -> list[CertificateRecord]:
+        """Re-issue every server certificate the server manages that is due; return the new ones."""
+        moment = now or self._clock()
+        renewed = []
+        for name, record in self._server_certificates().items():
+            if record.status is CertificateStatus.VALID and self.renewal_due(record) <= moment:
+                certificate = x509.load_der_x509_certificate(record.der)
+                names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                renewed.append(
+                    self.issue_server(
+                        name, names.get_values_for_type(x509.DNSName),
+                        _addresses(names),
+                        actor=actor, now=moment,
+                        renewed_from=record.serial,
+                    )
+                )  # fmt: skip
+        return renewed
+
+    def _server_certificates(self) -> dict[str, CertificateRecord]:
+        """Return the newest certificate of each server name found under ``pki/servers``."""
+        directory = self._settings.data_dir / "pki" / "servers"
+        newest: dict[str, CertificateRecord] = {}
+        for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
+            if path.name.endswith((".key.pem", ".chain.pem")):
+                continue
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+            record = self.find_certificate(serial)
+            if record is not None:
+                newest[path.name.removesuffix(".pem")] = record
+        return newest
+
+    def _write_server_files(
+        self,
+        name: str,
+        key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        ca: CertificateAuthority,
+    ) -> None:
+        directory = self._settings.data_dir / "pki" / "servers"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        leaf = certificate.public_bytes(serialization.Encoding.PEM)
+        _replace(directory / f"{name}.key.pem", key_pem)
+        _replace(directory / f"{name}.chain.pem", leaf + ca.export_chain(ChainFormat.PEM))
+        _replace(directory / f"{name}.pem", leaf)
+
     def renewal_due(self, record: CertificateRecord) -> dt.datetime:
         """Return when ``record`` should be renewed (2/3 of its life, jittered stably by serial)."""
         return renewal_time(record.not_before, record.not_after, rng=random.Random(record.serial))  # noqa: S311 - jitter, not secrecy
@@ -518,6 +612,21 @@ class CertificateService:
 
     def _committed(self) -> None:
         publish_committed(self._on_commit)
+
+
+def _addresses(names: x509.SubjectAlternativeName) -> list[IpAddress]:
+    return [ip for ip in names.get_values_for_type(x509.IPAddress) if isinstance(ip, _ADDRESSES)]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    # Written beside the target with mode 0600, then renamed over it: readers see old or new, whole.
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _hex(serial: int) -> str:

@@ -28,7 +28,7 @@ from fleetguard.api.limits import BodyLimit
 from fleetguard.api.metrics import HttpMetrics, Metrics
 from fleetguard.api.openapi import finish_document
 from fleetguard.api.problems import UnhandledErrorGuard, install_problem_handlers
-from fleetguard.api.routers import devices, events, health, inventory, tokens, transfer
+from fleetguard.api.routers import devices, events, health, inventory, pki, pki_public, tokens, transfer
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
 
@@ -37,13 +37,23 @@ __all__ = ["api_routes", "create_app", "create_app_from_env"]
 _DESCRIPTION = """\
 The fleetguard control plane: device inventory and lifecycle, and the tamper-evident event log.
 
-Every route except `/healthz`, `/readyz` and `/metrics` needs an API token
-(`Authorization: Bearer fgt_...`) whose role grants the permission the operation names.
+Every route except `/healthz`, `/readyz`, `/metrics` and the relying parties' `/pki/...` (CA
+certificates, CRLs and OCSP: signed public data) needs an API token (`Authorization: Bearer fgt_...`)
+whose role grants the permission the operation names.
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 # transfer before devices: GET /v1/devices/export must not be read as the device id "export".
-_ROUTERS = (health.router, transfer.router, devices.router, inventory.router, events.router, tokens.router)
+_ROUTERS = (
+    health.router,
+    pki_public.router,
+    transfer.router,
+    devices.router,
+    pki.router,
+    inventory.router,
+    events.router,
+    tokens.router,
+)
 
 
 _DOCS_ASSETS = "/docs/assets"

@@ -23,7 +23,20 @@ from fleetguard.types import utc_now
 
 __all__ = ["BEARER", "PUBLIC_PATHS", "actor_of", "permission_of", "require"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        # Relying parties fetch CA certificates, CRLs and OCSP answers without credentials: the data
+        # is signed, and RFC 5280 4.2.1.13 and RFC 6960 A.1 expect plain HTTP (routers/pki_public.py).
+        # Listed one by one rather than as a /pki prefix, so that no route becomes public by its path.
+        "/pki/ca/{ca_id}.der",
+        "/pki/ca/{ca_id}/crl/{name}.crl",
+        "/pki/ocsp",
+        "/pki/ocsp/{request}",
+    }
+)
 """The only API routes that need no token (besides the OpenAPI document and /docs)."""
 
 BEARER = HTTPBearer(

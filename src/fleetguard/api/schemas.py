@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
+from cryptography.hazmat.primitives import hashes
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetguard.api.tokens import Role, TokenInfo
@@ -19,8 +20,14 @@ from fleetguard.events.entry import DataValue
 from fleetguard.events.entry import EventEntry as CoreEventEntry
 from fleetguard.inventory.lifecycle import Action, State
 from fleetguard.inventory.model import DeviceChanges, DeviceSpec
+from fleetguard.pki.revocation import RevocationReason
+from fleetguard.pki.service import AuthorityRecord, CertificateRecord, CertificateStatus
 
 __all__ = [
+    "Authority",
+    "CaCreation",
+    "Certificate",
+    "CertificatePage",
     "ConsistencyProof",
     "Device",
     "DevicePage",
@@ -35,6 +42,7 @@ __all__ = [
     "ImportResult",
     "InclusionProof",
     "ProblemDetails",
+    "Revocation",
     "SignedTreeHead",
     "Site",
     "SiteCreation",
@@ -376,3 +384,104 @@ class TokenCreation(_Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     role: Role
     expires_at: AwareDatetime | None = None
+
+
+# -- PKI -------------------------------------------------------------------------------------
+
+
+def _serial(serial: int) -> str:
+    return f"{serial:x}"
+
+
+class Authority(BaseModel):
+    """A CA certificate of the installation; where its key lives is named, never the key's path."""
+
+    id: str
+    role: Literal["root", "issuing"]
+    status: Literal["active", "retired"]
+    subject: str
+    serial: str = Field(description="The certificate serial number, hex.")
+    not_before: dt.datetime
+    not_after: dt.datetime
+    sha256: str = Field(description="SHA-256 fingerprint of the DER certificate, hex.")
+    key_backend: Literal["file", "pkcs11"] = Field(
+        description="`file`: an encrypted PKCS#8 file; `pkcs11`: a non-extractable key in a token."
+    )
+
+    @classmethod
+    def of(cls, record: AuthorityRecord) -> Authority:
+        """Return the API view of a CA record; raise ``ValueError`` on an unknown key reference."""
+        certificate = record.certificate
+        backend, _, _ = record.key_ref.partition(":")  # file:<path> or pkcs11:<token>/<label>
+        return cls.model_validate(
+            {
+                "id": record.id,
+                "role": record.role,
+                "status": record.status,
+                "subject": certificate.subject.rfc4514_string(),
+                "serial": _serial(certificate.serial_number),
+                "not_before": certificate.not_valid_before_utc,
+                "not_after": certificate.not_valid_after_utc,
+                "sha256": certificate.fingerprint(hashes.SHA256()).hex(),
+                "key_backend": backend,
+            }
+        )
+
+
+class CaCreation(_Request):
+    """How to create a CA key: in an encrypted file (default) or in the configured PKCS#11 token."""
+
+    hsm: bool = Field(default=False, description="Generate the issuing CA key in the PKCS#11 token.")
+
+
+class Certificate(BaseModel):
+    """An issued certificate as recorded; ``pem`` is the certificate alone (GET it with
+    `Accept: application/pem-certificate-chain` for the chain)."""
+
+    serial: str = Field(description="Serial number, hex; the id in /v1/certificates/{serial}.")
+    device_id: str | None
+    profile: str
+    subject: str
+    issuer_id: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    sha256: str = Field(description="SHA-256 fingerprint of the DER certificate, hex.")
+    status: CertificateStatus
+    revoked_at: dt.datetime | None
+    reason: RevocationReason | None
+    renewed_from: str | None = Field(description="The serial this certificate renewed, hex.")
+    renew_at: dt.datetime = Field(description="When to renew: at 2/3 of the validity, jittered.")
+    pem: str
+
+    @classmethod
+    def of(cls, record: CertificateRecord, *, renew_at: dt.datetime) -> Certificate:
+        """Return the API view of a certificate record."""
+        return cls(
+            serial=_serial(record.serial),
+            device_id=record.device_id,
+            profile=record.profile,
+            subject=record.subject,
+            issuer_id=record.issuer_id,
+            not_before=record.not_before,
+            not_after=record.not_after,
+            sha256=record.sha256.hex(),
+            status=record.status,
+            revoked_at=record.revoked_at,
+            reason=record.reason,
+            renewed_from=None if record.renewed_from is None else _serial(record.renewed_from),
+            renew_at=renew_at,
+            pem=record.pem().decode("ascii"),
+        )
+
+
+class CertificatePage(BaseModel):
+    """One page of certificates, by expiry then serial; pass ``next_after`` as ``after`` for the next."""
+
+    items: list[Certificate]
+    next_after: str | None = Field(description="The cursor of the next page; null on the last page.")
+
+
+class Revocation(_Request):
+    """Why a certificate is revoked: an RFC 5280 5.3.1 CRLReason name."""
+
+    reason: RevocationReason = RevocationReason.UNSPECIFIED

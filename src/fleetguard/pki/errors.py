@@ -18,6 +18,7 @@ from fleetguard.errors import Conflict, FleetguardError, InvalidInput, Unavailab
 
 __all__ = [
     "CaError",
+    "CaNotInitialized",
     "CertificateNotFound",
     "ChainExportRejected",
     "CsrRejected",
@@ -33,6 +34,7 @@ __all__ = [
     "RenewalRefused",
     "RenewalThrottled",
     "SigningFailed",
+    "UnknownAuthority",
 ]
 
 
@@ -169,3 +171,19 @@ class RenewalThrottled(Unavailable, PkiError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, hint=f"retry in {max(1, round(retry_after_s))} s")
         self.retry_after_s = retry_after_s
+
+
+class CaNotInitialized(Conflict, PkiError):
+    """The installation has no CA yet."""
+
+    code = "ca-not-initialized"
+
+    def __init__(self) -> None:
+        super().__init__("the CA is not initialized", hint="run `fleetguard ca init`")
+
+
+class UnknownAuthority(PkiError):
+    """No CA of this installation has this id."""
+
+    status = 404
+    code = "unknown-authority"

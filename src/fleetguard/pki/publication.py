@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from fleetguard.config import Settings
+from fleetguard.pki.ca import CertificateAuthority
 from fleetguard.pki.crl import SignedCrl, build_crl, build_delta_crl
 from fleetguard.pki.errors import CertificateNotFound, OcspMalformed
 from fleetguard.pki.ocsp import (
@@ -77,6 +78,9 @@ class RevocationPublisher:
         self._base: dict[_Shard, SignedCrl] = {}
         self._lock = threading.RLock()
         self._ocsp_cache = PresignedCache()
+        # Issuer lookups on the OCSP hot path: (hash algorithm, key hash) -> CA id, and CA id -> CA.
+        self._issuer_ids: dict[tuple[CertIdHash, bytes], str] = {}
+        self._issuers: dict[str, tuple[x509.Certificate, CertificateAuthority]] = {}
 
     # -- CRLs --------------------------------------------------------------------------------
 
@@ -107,8 +111,7 @@ class RevocationPublisher:
 
     def _rebuild(self, shard: _Shard, now: dt.datetime) -> None:
         issuer_id, partition = shard
-        certificate, ca = self._service.issuer(issuer_id)
-        assert ca is not None
+        certificate, ca = self._issuer(issuer_id)
         entries = self._service.revoked_entries(issuer_id, partition, now=now)
         common = {
             "issuer_cert": certificate,
@@ -160,8 +163,7 @@ class RevocationPublisher:
         issuer_id = self._issuer_of(query.cert_ids[0])
         if issuer_id is None:
             return unsuccessful_response(ResponseStatus.UNAUTHORIZED)
-        certificate, ca = self._service.issuer(issuer_id)
-        assert ca is not None
+        certificate, ca = self._issuer(issuer_id)
         return respond_cached(
             query,
             cache=self._ocsp_cache,
@@ -182,13 +184,30 @@ class RevocationPublisher:
             return Revoked(revoked_at=record.revoked_at, reason=record.revoked_entry().reason)
         return Good()
 
+    def forget_issuers(self) -> None:
+        """Drop the cached CA lookups (after a rotation)."""
+        with self._lock:
+            self._issuer_ids.clear()
+            self._issuers.clear()
+
+    def _issuer(self, issuer_id: str) -> tuple[x509.Certificate, CertificateAuthority]:
+        cached = self._issuers.get(issuer_id)
+        if cached is None:
+            certificate, ca = self._service.issuer(issuer_id)
+            assert ca is not None
+            cached = self._issuers[issuer_id] = (certificate, ca)
+        return cached
+
     def _issuer_of(self, cert_id: CertId) -> str | None:
+        key = (cert_id.hash_algorithm, cert_id.issuer_key_hash)
+        found = self._issuer_ids.get(key)
+        if found is not None:
+            return found
         for authority in self._service.authorities():
-            if authority.role == "issuing" and _key_hash(authority.certificate, cert_id.hash_algorithm) == (
-                cert_id.issuer_key_hash
-            ):
-                return authority.id
-        return None
+            if authority.role == "issuing":
+                digest = _key_hash(authority.certificate, cert_id.hash_algorithm)
+                self._issuer_ids[(cert_id.hash_algorithm, digest)] = authority.id
+        return self._issuer_ids.get(key)
 
 
 def _key_hash(certificate: x509.Certificate, algorithm: CertIdHash) -> bytes:

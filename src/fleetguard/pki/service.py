@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from fleetguard.config import Settings
@@ -50,10 +50,12 @@ from fleetguard.pki.ca import CertificateAuthority, ChainFormat, create_issuing,
 from fleetguard.pki.crl import crl_url, distribution_point_url
 from fleetguard.pki.csr import validate_csr
 from fleetguard.pki.errors import (
+    CaNotInitialized,
     CertificateNotFound,
     IssuanceRefused,
     PkiError,
     RenewalThrottled,
+    UnknownAuthority,
 )
 from fleetguard.pki.keyring import Keyring
 from fleetguard.pki.keys import Curve
@@ -66,6 +68,7 @@ from fleetguard.store.models import AuthorityRow, CertificateRow
 from fleetguard.types import utc_now
 
 __all__ = [
+    "ROOT_ID",
     "AuthorityRecord",
     "CertificateRecord",
     "CertificateService",
@@ -251,10 +254,7 @@ class CertificateService:
         with self._lock:
             if self._authority is not None:
                 return self._authority[1]
-        active = [a for a in self.authorities() if a.role == "issuing" and a.status == "active"]
-        if not active:
-            raise PkiError("the CA is not initialized", hint="run `fleetguard ca init`")
-        record = active[-1]
+        record = self._active_record()
         ca = CertificateAuthority(
             root=self._record(ROOT_ID).certificate,
             issuing=record.certificate,
@@ -263,6 +263,12 @@ class CertificateService:
         with self._lock:
             self._authority = (record.id, ca)
         return ca
+
+    def _active_record(self) -> AuthorityRecord:
+        active = [a for a in self.authorities() if a.role == "issuing" and a.status == "active"]
+        if not active:
+            raise CaNotInitialized
+        return active[-1]
 
     def active_issuer_id(self) -> str:
         """Return the id of the issuing CA that issues now."""
@@ -276,7 +282,7 @@ class CertificateService:
         certs = [a.certificate for a in self.authorities() if a.certificate.not_valid_after_utc > now]
         issuing_first = sorted(certs, key=lambda c: c.subject == c.issuer)
         if fmt is ChainFormat.DER:
-            return self.authority().export_chain(fmt)
+            return export_chain([self._active_record().certificate], fmt)
         return export_chain(issuing_first, fmt)
 
     def issuer(self, authority_id: str) -> tuple[x509.Certificate, CertificateAuthority | None]:
@@ -341,11 +347,7 @@ class CertificateService:
         device's or is revoked, and as :meth:`issue_device`.
         """
         moment = now or self._clock()
-        admission = self._limiter.try_acquire(device_id, time.monotonic())
-        if admission.outcome is not AdmissionOutcome.ADMITTED:
-            raise RenewalThrottled(
-                f"renewal {admission.outcome}: too many renewals", retry_after_s=admission.retry_after_s
-            )
+        validate_csr(csr)  # a malformed request costs no rate-limit token
         current = self.certificate(serial)
         if current.device_id != device_id:
             raise IssuanceRefused(f"certificate {serial:x} does not belong to device {device_id!r}")
@@ -354,6 +356,11 @@ class CertificateService:
         require_renewable(
             current.not_after, now=moment, grace=dt.timedelta(days=self._settings.renewal_grace_days)
         )
+        admission = self._limiter.try_acquire(device_id, time.monotonic())
+        if admission.outcome is not AdmissionOutcome.ADMITTED:
+            raise RenewalThrottled(
+                f"renewal {admission.outcome}: too many renewals", retry_after_s=admission.retry_after_s
+            )
         return self.issue_device(device_id, csr, actor=actor, now=moment, renewed_from=serial)
 
     def issue_server(
@@ -577,9 +584,14 @@ class CertificateService:
                 pass
         if device_id is not None:
             query = query.where(CertificateRow.device_id == device_id)
-        if after is not None:
-            query = query.where(CertificateRow.serial > _hex(after))
         with self._db.reading() as session:
+            if after is not None:
+                # Keyset paging in the listing's own order: (not_after, serial) after the cursor's.
+                cursor = _row(session, after)
+                query = query.where(
+                    tuple_(CertificateRow.not_after, CertificateRow.serial)
+                    > (cursor.not_after, cursor.serial)
+                )
             return [_certificate(row) for row in session.execute(query.limit(limit)).scalars()]
 
     # -- internals ---------------------------------------------------------------------------
@@ -602,7 +614,11 @@ class CertificateService:
         with self._db.reading() as session:
             row = session.get(AuthorityRow, authority_id)
             if row is None:
-                raise PkiError(f"no CA {authority_id!r}", hint="run `fleetguard ca init`")
+                if authority_id == ROOT_ID:
+                    raise CaNotInitialized
+                raise UnknownAuthority(
+                    f"no CA {authority_id[:64]!r}", hint="list them with `fleetguard ca show`"
+                )
             return _authority(row)
 
     def _event(

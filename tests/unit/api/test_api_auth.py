@@ -17,7 +17,7 @@ from fleetguard.api.tokens import ROLE_PERMISSIONS, Permission, Role
 if TYPE_CHECKING:
     from conftest import Api
 
-_PLACEHOLDERS = {"device_id": "no-such-device", "seq": "1", "token_id": "000000000000"}
+_PLACEHOLDERS = {"device_id": "no-such-device", "seq": "1", "serial": "1", "token_id": "000000000000"}
 _PROTECTED = [
     pytest.param(method, route.path, permission_of(route), id=f"{method} {route.path}")
     for route in api_routes()

@@ -4,10 +4,12 @@ Start-up order: open the runtime (database migrated), publish any event-log entr
 process committed but did not publish (the log is the outbox), load the checkpoint signing key (fail
 closed on a bad one), bind the port (a taken port is a one-line error), then serve. SIGINT and
 SIGTERM stop the server gracefully; the checkpointer then signs a last checkpoint, the runtime is
-closed and the process exits 0.
+closed and the process exits 0. Beside the server, the renewal scheduler logs every minute which
+certificates are due for renewal (:mod:`fleetguard.cli.renewal_scheduler`).
 """
 
 import errno
+import logging
 import signal
 import socket
 import sys
@@ -25,6 +27,7 @@ from rich.text import Text
 from fleetguard.cli.checkpointer import Checkpointer
 from fleetguard.cli.context import CliContext, cli_context
 from fleetguard.cli.output import stdout_console
+from fleetguard.cli.renewal_scheduler import DueWindow, RenewalScheduler
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.installation import Runtime
 
@@ -52,22 +55,27 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
 
     Uses the embedded defaults: SQLite in the data directory and the in-process event bus, unless
     --database-url or FLEETGUARD_BUS_URL say otherwise. Signs an event-log checkpoint every
-    FLEETGUARD_CHECKPOINT_INTERVAL_S seconds while the log grows. Prints where the API, its
-    documentation and metrics are. Fails (exit 1) if the port is taken.
+    FLEETGUARD_CHECKPOINT_INTERVAL_S seconds while the log grows, and logs the certificates due for
+    renewal every minute. Prints where the API, its documentation and metrics are. Fails (exit 1) if
+    the port is taken.
     """
     context = cli_context(ctx)
     settings = context.settings
+    _log_to_stderr(verbose=context.verbose)
     with context.runtime() as runtime:
         runtime.relay.pump()
         checkpointer = Checkpointer(runtime.log, runtime.signer(), interval_s=settings.checkpoint_interval_s)
+        renewals = RenewalScheduler(runtime.pki, DueWindow.from_settings(settings))
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
             server = _server(runtime, verbose=context.verbose)
             _print_banner(context, listener)
             checkpointer.start()
+            renewals.start()
             try:
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                renewals.stop()
                 checkpointer.stop()
 
 
@@ -95,6 +103,16 @@ def _serve(server: "uvicorn.Server", listener: socket.socket) -> None:
         server.run(sockets=[listener])
     except SystemExit as exc:  # uvicorn exits the process when the application fails to start
         raise Unavailable("the API failed to start", hint="run again with -v and read the log above") from exc
+
+
+def _log_to_stderr(*, verbose: bool) -> None:
+    # The background services (checkpoints, renewals, relay) report through the "fleetguard" logger.
+    logger = logging.getLogger("fleetguard")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @contextmanager

@@ -152,11 +152,20 @@ def _load(der: bytes) -> x509.CertificateSigningRequest:
     except (ValueError, x509.InvalidVersion) as exc:
         repaired = _without_null_ecdsa_parameters(der)
         if repaired is None:
-            raise CsrRejected(f"malformed DER: {exc}") from exc
+            raise CsrRejected(f"malformed DER: {_parser_reason(exc)}") from exc
     try:
         return x509.load_der_x509_csr(repaired)
     except (ValueError, x509.InvalidVersion) as exc:
-        raise CsrRejected(f"malformed DER: {exc}") from exc
+        raise CsrRejected(f"malformed DER: {_parser_reason(exc)}") from exc
+
+
+def _parser_reason(exc: Exception) -> str:
+    # cryptography's parser errors carry Rust debug text (ParseError { kind: ShortData ... }); say
+    # what a person can act on instead, and keep the location only when it is plain text.
+    text = str(exc)
+    if "ParseError" in text or "{" in text:
+        return "not a DER-encoded PKCS#10 certification request"
+    return text
 
 
 def _without_null_ecdsa_parameters(der: bytes) -> bytes | None:

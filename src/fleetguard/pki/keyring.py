@@ -13,9 +13,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from fleetguard.config import Settings
-from fleetguard.pki.errors import KeyBackendError
-from fleetguard.pki.keys import Curve, Passphrase, SigningKey
+from fleetguard.pki.errors import KeyBackendError, KeyExists
+from fleetguard.pki.keys import Curve, Passphrase, SigningKey, curve_of
 from fleetguard.pki.keys_file import FileKey
 
 if TYPE_CHECKING:  # python-pkcs11 loads only when a token is used
@@ -55,6 +57,28 @@ class Keyring:
         with self._lock:
             self._loaded[ref] = key
         return ref, key
+
+    def create_or_reuse(self, name: str, curve: Curve, *, hsm: bool = False) -> tuple[str, SigningKey]:
+        """Like :meth:`create`, but reuse a key of that name left by an interrupted CA set-up.
+
+        The leftover must unlock and be on ``curve``; otherwise ``KeyBackendError`` says so.
+        """
+        try:
+            return self.create(name, curve, hsm=hsm)
+        except KeyExists:
+            ref = self._ref(name, hsm=hsm)
+            key = self.load(ref)
+            public = key.public_key()
+            if not isinstance(public, ec.EllipticCurvePublicKey) or curve_of(public) is not curve:
+                raise KeyBackendError(
+                    f"leftover key {name!r} is not on {curve}", hint="remove it, then retry"
+                ) from None
+            return ref, key
+
+    def _ref(self, name: str, *, hsm: bool) -> str:
+        if hsm:
+            return f"{_PKCS11}{self._require_token()}/{name}"
+        return f"{_FILE}pki/{name}.key.pem"
 
     def load(self, ref: str) -> SigningKey:
         """Return the key that ``ref`` names, loading it on first use."""

@@ -8,6 +8,11 @@ or at once, for the affected shard, when a certificate is revoked: a revocation 
 shard's CRL and in OCSP before :meth:`RevocationPublisher.revoked` returns. The complete CRL of a
 CA is built only on request (with a million entries it is 50 MB and takes seconds).
 
+Several processes may share the database (``fleetguard up`` and a CLI revoking, or API replicas):
+each publisher polls for revocations made elsewhere at most every ``_SYNC_INTERVAL_S`` seconds,
+before it serves a CRL or an OCSP answer, and drops what they make stale. So a revocation reaches
+every process's CRLs and OCSP within about half a second, not at the next scheduled rebuild.
+
 CRL numbers come from one monotonic counter per issuing CA in the database, shared by full and
 delta CRLs, so numbers never repeat across restarts (RFC 5280 5.2.3).
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 
 from cryptography import x509
@@ -54,6 +60,9 @@ __all__ = ["RevocationPublisher"]
 _Shard = tuple[str, int | None]
 # A delta lists entries revoked at or after its base's thisUpdate, which has whole seconds only.
 _BASE_SLACK = dt.timedelta(seconds=1)
+_SYNC_INTERVAL_S = 0.5
+# Revocations are found by revoked_at, stamped by each writer's clock: look back this far.
+_SYNC_SLACK = dt.timedelta(seconds=5)
 
 
 class RevocationPublisher:
@@ -81,6 +90,9 @@ class RevocationPublisher:
         # Issuer lookups on the OCSP hot path: (hash algorithm, key hash) -> CA id, and CA id -> CA.
         self._issuer_ids: dict[tuple[CertIdHash, bytes], str] = {}
         self._issuers: dict[str, tuple[x509.Certificate, CertificateAuthority]] = {}
+        self._synced_at = -_SYNC_INTERVAL_S
+        self._watermark = clock()
+        self._seen: dict[int, dt.datetime] = {}
 
     # -- CRLs --------------------------------------------------------------------------------
 
@@ -91,6 +103,7 @@ class RevocationPublisher:
         """
         if partition is not None and not 0 <= partition < self._partitions:
             raise CertificateNotFound(f"no CRL shard {partition}: shards are 0..{self._partitions - 1}")
+        self._sync()
         now = self._clock()
         shard = (issuer_id, partition)
         with self._lock:
@@ -102,12 +115,35 @@ class RevocationPublisher:
 
     def revoked(self, record: CertificateRecord) -> None:
         """Publish ``record``'s revocation: invalidate its OCSP answers, re-sign its CRL shard."""
-        self._ocsp_cache.invalidate(record.serial)
-        now = self._clock()
+        self._forget(record)
         with self._lock:
-            self._rebuild((record.issuer_id, record.crl_partition), now)
-            self._full.pop((record.issuer_id, None), None)
-            self._delta.pop((record.issuer_id, None), None)
+            self._rebuild((record.issuer_id, record.crl_partition), self._clock())
+
+    def _forget(self, record: CertificateRecord) -> None:
+        self._ocsp_cache.invalidate(record.serial)
+        with self._lock:
+            if record.revoked_at is not None:
+                self._seen[record.serial] = record.revoked_at
+            for shard in ((record.issuer_id, record.crl_partition), (record.issuer_id, None)):
+                self._full.pop(shard, None)
+                self._delta.pop(shard, None)
+
+    def _sync(self) -> None:
+        """Drop what revocations by other processes made stale (at most every half second)."""
+        moment = time.monotonic()
+        with self._lock:
+            if moment - self._synced_at < _SYNC_INTERVAL_S:
+                return
+            self._synced_at = moment
+            since = self._watermark - _SYNC_SLACK
+        for record in self._service.revoked_since(since):
+            if record.serial not in self._seen:
+                self._forget(record)
+        with self._lock:
+            if self._seen:
+                self._watermark = max(self._watermark, *self._seen.values())
+            horizon = self._watermark - _SYNC_SLACK
+            self._seen = {serial: at for serial, at in self._seen.items() if at >= horizon}
 
     def _rebuild(self, shard: _Shard, now: dt.datetime) -> None:
         issuer_id, partition = shard
@@ -160,6 +196,7 @@ class RevocationPublisher:
             query = request if isinstance(request, OcspQuery) else parse_request(request)
         except OcspMalformed:
             return unsuccessful_response(ResponseStatus.MALFORMED_REQUEST)
+        self._sync()
         issuer_id = self._issuer_of(query.cert_ids[0])
         if issuer_id is None:
             return unsuccessful_response(ResponseStatus.UNAUTHORIZED)

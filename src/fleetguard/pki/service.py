@@ -201,10 +201,10 @@ class CertificateService:
             raise Conflict(
                 "the CA is initialized already", hint="use `fleetguard ca rotate` for a new issuing CA"
             )
-        root_ref, root_key = self.keyring.create(ROOT_ID, Curve.P384)
+        root_ref, root_key = self.keyring.create_or_reuse(ROOT_ID, Curve.P384)
         root = create_root(root_key, self._name("root CA"), now)
         issuing_id = "issuing-1"
-        issuing_ref, issuing_key = self.keyring.create(issuing_id, Curve.P256, hsm=hsm)
+        issuing_ref, issuing_key = self.keyring.create_or_reuse(issuing_id, Curve.P256, hsm=hsm)
         issuing = create_issuing(
             root_key, root, issuing_key.public_key(), now, name=self._name("issuing CA 1"),
             ca_issuers_url=f"{self.ca_url(ROOT_ID)}.der",
@@ -226,7 +226,7 @@ class CertificateService:
         issuing_id = f"issuing-{number}"
         root_record = self._record(ROOT_ID)
         root_key = self.keyring.load(root_record.key_ref)
-        ref, key = self.keyring.create(issuing_id, Curve.P256, hsm=hsm)
+        ref, key = self.keyring.create_or_reuse(issuing_id, Curve.P256, hsm=hsm)
         issuing = create_issuing(
             root_key, current.root, key.public_key(), now, name=self._name(f"issuing CA {number}"),
             ca_issuers_url=f"{self.ca_url(ROOT_ID)}.der",
@@ -537,6 +537,17 @@ class CertificateService:
             query = query.where(CertificateRow.crl_partition == partition)
         with self._db.reading() as session:
             return [_certificate(row).revoked_entry() for row in session.execute(query).scalars()]
+
+    def revoked_since(self, since: dt.datetime, *, limit: int = _MAX_PAGE) -> list[CertificateRecord]:
+        """Return certificates revoked at or after ``since``, oldest revocation first."""
+        query = (
+            select(CertificateRow)
+            .where(CertificateRow.revoked_at >= since)
+            .order_by(CertificateRow.revoked_at)
+            .limit(limit)
+        )
+        with self._db.reading() as session:
+            return [_certificate(row) for row in session.execute(query).scalars()]
 
     # -- views -------------------------------------------------------------------------------
 

@@ -210,6 +210,7 @@ class CertificateRow(Base):
         Index("ix_pki_certificates_not_after", "not_after"),
         Index("ix_pki_certificates_status", "status"),
         Index("ix_pki_certificates_shard", "issuer_id", "crl_partition", "status"),
+        Index("ix_pki_certificates_revoked_at", "revoked_at"),
         UniqueConstraint("sha256", name="uq_pki_certificates_sha256"),
     )
 

@@ -38,6 +38,8 @@ def test_the_tree_has_every_command_group() -> None:
         "types",
         "events",
         "tokens",
+        "ca",
+        "certs",
     }
     assert ("devices", "import") in _PATHS
     assert ("events", "verify") in _PATHS

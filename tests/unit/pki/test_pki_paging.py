@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
-from fleetguard.pki.errors import CaNotInitialized, UnknownAuthority
+from fleetguard.pki.errors import CaNotInitialized, KeyBackendError, UnknownAuthority
 from fleetguard.pki.service import FleetView
 from fleetguard.types import utc_now
 
@@ -67,4 +67,14 @@ def test_pages_follow_expiry_then_serial(runtime: Runtime) -> None:
         seen.extend(r.serial for r in page)
         after = page[-1].serial
     assert seen == expected
+    runtime.close()
+
+
+def test_an_interrupted_ca_init_can_be_run_again(runtime: Runtime) -> None:
+    # The root key was made, then the issuing key failed (no PKCS#11 token is configured).
+    with pytest.raises(KeyBackendError, match="no PKCS#11 token configured"):
+        runtime.pki.initialize(actor="t", now=utc_now(), hsm=True)
+    assert runtime.pki.authorities() == []
+    authorities = runtime.pki.initialize(actor="t", now=utc_now())
+    assert [(a.id, a.role) for a in authorities] == [("root", "root"), ("issuing-1", "issuing")]
     runtime.close()

@@ -56,6 +56,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_pki_certificates_shard", ["issuer_id", "crl_partition", "status"], unique=False
         )
+        batch_op.create_index("ix_pki_certificates_revoked_at", ["revoked_at"], unique=False)
 
     op.create_table(
         "pki_crl_numbers",
@@ -72,6 +73,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("pki_crl_numbers")
     with op.batch_alter_table("pki_certificates", schema=None) as batch_op:
+        batch_op.drop_index("ix_pki_certificates_revoked_at")
         batch_op.drop_index("ix_pki_certificates_shard")
         batch_op.drop_index("ix_pki_certificates_status")
         batch_op.drop_index("ix_pki_certificates_not_after")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fleetguard.api.tokens import Role, TokenStore
 from fleetguard.config import Settings
+from fleetguard.enroll.service import EnrollmentService
 from fleetguard.errors import Conflict, FleetguardError, InvalidInput
 from fleetguard.events.bus import EventBus, open_bus
 from fleetguard.events.checkpoint import CheckpointSigner, generate_signing_key, load_signing_key
@@ -121,13 +122,16 @@ class Runtime:
         self.log = EventLog(self.database, self.installation.origin)
         self.bus: EventBus = open_bus(settings.bus_url)
         self.relay = EventRelay(self.database, self.log, self.bus, partitions=settings.bus_partitions)
-        self.inventory = Inventory(self.database, self.log, on_commit=self.relay.pump)
-        self.tokens = TokenStore(self.database, self.log, on_commit=self.relay.pump)
+        self.inventory = Inventory(self.database, self.log, on_commit=self.relay.notify)
+        self.tokens = TokenStore(self.database, self.log, on_commit=self.relay.notify)
         self.pki = CertificateService(
             self.database, self.log, self.inventory, settings, self.installation.trust_domain,
-            on_commit=self.relay.pump, on_revoked=self._publish_revocation,
+            on_commit=self.relay.notify, on_revoked=self._publish_revocation,
         )  # fmt: skip
         self.revocation = RevocationPublisher(self.pki, self.database, settings)
+        self.enroll = EnrollmentService(
+            self.database, self.log, self.inventory, self.pki, settings, on_commit=self.relay.notify
+        )
 
     def _publish_revocation(self, record: CertificateRecord) -> None:
         self.revocation.revoked(record)
@@ -138,7 +142,8 @@ class Runtime:
         return CheckpointSigner(key, self.installation.origin)
 
     def close(self) -> None:
-        """Close the key backends, the bus and the database."""
+        """Stop the relay, close the key backends, the bus and the database."""
+        self.relay.stop()
         self.pki.keyring.close()
         self.bus.close()
         self.database.close()

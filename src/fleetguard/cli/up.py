@@ -64,6 +64,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
     _log_to_stderr(verbose=context.verbose)
     with context.runtime() as runtime:
         runtime.relay.pump()
+        runtime.relay.start()
         checkpointer = Checkpointer(runtime.log, runtime.signer(), interval_s=settings.checkpoint_interval_s)
         renewals = RenewalScheduler(runtime.pki, DueWindow.from_settings(settings))
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:

@@ -1,6 +1,8 @@
 """The event relay: publishes committed event-log entries on the bus (the log is the outbox).
 
-Services append to the log inside their transaction and call :meth:`EventRelay.pump` after commit.
+Services append to the log inside their transaction and call :meth:`EventRelay.notify` after commit.
+In a one-shot process that pumps at once; in a server (after :meth:`EventRelay.start`) it wakes a
+background thread, so publishing never sits on a request's path.
 The relay publishes every entry after its stored cursor, in order, then advances the cursor, so an
 entry committed just before a crash is published on the next pump (at start-up at the latest).
 Delivery is at-least-once: a crash between publish and cursor update republishes a few entries, and
@@ -29,6 +31,8 @@ __all__ = ["EventRelay", "publish_committed", "subject_for"]
 _log = logging.getLogger(__name__)
 
 _CURSOR = "bus"
+_IDLE_WAKE_S = 1.0
+_JOIN_TIMEOUT_S = 10.0
 _BATCH = 1000
 
 
@@ -64,6 +68,37 @@ class EventRelay:
         self._bus = bus
         self._partitions = partitions
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Publish from a background thread from now on (woken by :meth:`notify`, else every second)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fleetguard-event-relay", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread, then publish what is left. Idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            thread.join(_JOIN_TIMEOUT_S)
+        publish_committed(self.pump)
+
+    def notify(self) -> None:
+        """Say that entries were committed: wake the background thread, or pump now without one."""
+        if self._thread is not None:
+            self._wake.set()
+        else:
+            self.pump()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(_IDLE_WAKE_S)
+            self._wake.clear()
+            publish_committed(self.pump)
 
     def pump(self) -> int:
         """Publish every entry not yet published; return how many were published."""

@@ -80,6 +80,7 @@ ROOT_ID = "root"
 _ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 _SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERIAL_ATTEMPTS = 3
+_AUTHORITY_RECHECK_S = 1.0
 _MAX_PAGE = 10_000
 
 
@@ -172,6 +173,7 @@ class CertificateService:
         self._on_revoked = on_revoked
         self._clock = clock
         self._authority: tuple[str, CertificateAuthority] | None = None
+        self._authority_checked = 0.0
         self._lock = threading.Lock()
         self._limiter = RateLimiter(
             per_device=RateLimit(
@@ -251,18 +253,31 @@ class CertificateService:
 
     def authority(self) -> CertificateAuthority:
         """Return the issuing CA that issues now, with its key (loaded once)."""
+        return self._issuing_now()[1]
+
+    def _issuing_now(self) -> tuple[str, CertificateAuthority]:
+        """Return (id, CA) of the issuing CA that issues now.
+
+        Which CA that is is re-read at most every ``_AUTHORITY_RECHECK_S`` seconds, so a rotation done
+        by another process (``fleetguard ca rotate`` beside a running ``up``) takes over within that.
+        """
+        moment = time.monotonic()
         with self._lock:
-            if self._authority is not None:
-                return self._authority[1]
+            current = self._authority
+            if current is not None and moment - self._authority_checked < _AUTHORITY_RECHECK_S:
+                return current
         record = self._active_record()
-        ca = CertificateAuthority(
-            root=self._record(ROOT_ID).certificate,
-            issuing=record.certificate,
-            key=self.keyring.load(record.key_ref),
-        )
+        if current is None or current[0] != record.id:
+            ca = CertificateAuthority(
+                root=self._record(ROOT_ID).certificate,
+                issuing=record.certificate,
+                key=self.keyring.load(record.key_ref),
+            )
+            current = (record.id, ca)
         with self._lock:
-            self._authority = (record.id, ca)
-        return ca
+            self._authority = current
+            self._authority_checked = moment
+        return current
 
     def _active_record(self) -> AuthorityRecord:
         active = [a for a in self.authorities() if a.role == "issuing" and a.status == "active"]
@@ -272,9 +287,7 @@ class CertificateService:
 
     def active_issuer_id(self) -> str:
         """Return the id of the issuing CA that issues now."""
-        self.authority()
-        assert self._authority is not None
-        return self._authority[0]
+        return self._issuing_now()[0]
 
     def trust_bundle(self, fmt: ChainFormat) -> bytes:
         """Return the root and every unexpired issuing CA (what relying parties must trust)."""
@@ -314,8 +327,7 @@ class CertificateService:
         device = self._inventory.get(device_id)
         if device.state in (State.QUARANTINED, State.DECOMMISSIONED):
             raise IssuanceRefused(f"device {device_id!r} is {device.state}: no certificate is issued")
-        ca = self.authority()
-        issuer_id = self.active_issuer_id()
+        issuer_id, ca = self._issuing_now()
         profile = DeviceProfile(
             trust_domain=self._trust_domain,
             urls=self._urls(issuer_id),
@@ -382,8 +394,7 @@ class CertificateService:
         if not _SERVER_NAME.fullmatch(name):
             raise InvalidInput(f"server certificate name {name[:40]!r} must be 1-64 of a-z 0-9 . _ -")
         moment = now or self._clock()
-        ca = self.authority()
-        issuer_id = self.active_issuer_id()
+        issuer_id, ca = self._issuing_now()
         key = ec.generate_private_key(ec.SECP256R1())
         profile = ServerProfile(urls=self._urls(issuer_id))
         for _ in range(_SERIAL_ATTEMPTS):

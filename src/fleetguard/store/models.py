@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -37,8 +38,12 @@ __all__ = [
     "CrlCounterRow",
     "DeviceRow",
     "DeviceTypeRow",
+    "EnrollmentRequestRow",
+    "EnrollmentRuleRow",
+    "EnrollmentTokenRow",
     "EventHeadRow",
     "EventRow",
+    "ManufacturerCaRow",
     "SiteRow",
     "UtcDateTime",
 ]
@@ -241,3 +246,75 @@ class CrlCounterRow(Base):
 
     issuer_id: Mapped[str] = mapped_column(String(64), ForeignKey("pki_authorities.id"), primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger)
+
+
+class ManufacturerCaRow(Base):
+    """A manufacturer CA whose factory (IDevID) certificates are trusted for enrollment, and only for it."""
+
+    __tablename__ = "enroll_manufacturer_cas"
+    __table_args__ = (Index("ix_enroll_manufacturer_cas_manufacturer", "manufacturer"),)
+
+    # Hex SHA-256 of the DER certificate: the same CA cannot be registered twice.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(64))
+    # Which subject attribute of the factory certificate names the device model (fleetguard.enroll.identity).
+    model_attribute: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(512))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    added_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class EnrollmentRuleRow(Base):
+    """A zero-touch rule: what happens to a device of this manufacturer and model (``*``: any model)."""
+
+    __tablename__ = "enroll_rules"
+
+    manufacturer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    register_unknown: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class EnrollmentTokenRow(Base):
+    """A one-time enrollment token bound to one device; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "enroll_tokens"
+    __table_args__ = (Index("ix_enroll_tokens_device", "device_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    used_source: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class EnrollmentRequestRow(Base):
+    """A factory-certificate enrollment waiting for (or decided by) an operator."""
+
+    __tablename__ = "enroll_requests"
+    __table_args__ = (
+        Index("ix_enroll_requests_status", "status", "created_at"),
+        Index("ix_enroll_requests_device", "manufacturer", "device_serial"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    manufacturer: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    device_serial: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    factory_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    key_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    csr: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    certificate_serial: Mapped[str | None] = mapped_column(String(48), nullable=True)

@@ -102,6 +102,17 @@ class Inventory:
         with self._db.reading() as session:
             return _device(self._row(session, device_id))
 
+    def states(self, device_ids: Sequence[str]) -> dict[str, State]:
+        """Return the lifecycle state of each of ``device_ids`` that exists (one query per 500 ids)."""
+        found: dict[str, State] = {}
+        with self._db.reading() as session:
+            for start in range(0, len(device_ids), _IN_CHUNK):
+                query = select(DeviceRow.id, DeviceRow.state).where(
+                    DeviceRow.id.in_(device_ids[start : start + _IN_CHUNK])
+                )
+                found.update((row.id, State(row.state)) for row in session.execute(query))
+        return found
+
     def find(
         self, criteria: DeviceFilter | None = None, *, limit: int = 100, after: str | None = None
     ) -> list[Device]:

@@ -91,6 +91,7 @@ class RevocationPublisher:
         self._issuer_ids: dict[tuple[CertIdHash, bytes], str] = {}
         self._issuers: dict[str, tuple[x509.Certificate, CertificateAuthority]] = {}
         self._synced_at = -_SYNC_INTERVAL_S
+        self._rescanned_at = -_SYNC_INTERVAL_S
         self._watermark = clock()
         self._seen: dict[int, dt.datetime] = {}
 
@@ -226,6 +227,7 @@ class RevocationPublisher:
         with self._lock:
             self._issuer_ids.clear()
             self._issuers.clear()
+            self._rescanned_at = -_SYNC_INTERVAL_S
 
     def _issuer(self, issuer_id: str) -> tuple[x509.Certificate, CertificateAuthority]:
         cached = self._issuers.get(issuer_id)
@@ -240,6 +242,14 @@ class RevocationPublisher:
         found = self._issuer_ids.get(key)
         if found is not None:
             return found
+        # An unknown key hash is a stranger's CA or one rotated in since the last scan. The rescan
+        # reads and parses every CA, so it runs at most every _SYNC_INTERVAL_S: otherwise requests
+        # naming random key hashes would each cost a database read.
+        moment = time.monotonic()
+        with self._lock:
+            if moment - self._rescanned_at < _SYNC_INTERVAL_S:
+                return None
+            self._rescanned_at = moment
         for authority in self._service.authorities():
             if authority.role == "issuing":
                 digest = _key_hash(authority.certificate, cert_id.hash_algorithm)

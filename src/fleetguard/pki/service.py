@@ -44,6 +44,7 @@ from fleetguard.errors import Conflict, InvalidInput
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
+from fleetguard.inventory.errors import DeviceNotFound
 from fleetguard.inventory.lifecycle import State
 from fleetguard.inventory.service import Inventory, device_event_subject
 from fleetguard.pki.ca import CertificateAuthority, ChainFormat, create_issuing, create_root, export_chain
@@ -349,6 +350,51 @@ class CertificateService:
             return record
         raise PkiError(f"no unique serial after {_SERIAL_ATTEMPTS} attempts", hint="check the random source")
 
+    def issue_devices(
+        self, requests: Sequence[tuple[str, bytes]], *, actor: str, now: dt.datetime | None = None
+    ) -> list[CertificateRecord]:
+        """Issue a certificate for each ``(device id, CSR)`` in one transaction; return them in order.
+
+        For operator batches (re-issuing a fleet): one inventory query, one transaction with one
+        ``cert.issued`` event per certificate, one relay pump. All or nothing: raises as
+        :meth:`issue_device` for the first bad request, and then records nothing. A serial
+        collision (2^-159 a pair) re-issues the batch one by one through :meth:`issue_device`.
+        """
+        moment = now or self._clock()
+        keys = [(device_id, validate_csr(csr).public_key) for device_id, csr in requests]
+        states = self._inventory.states([device_id for device_id, _ in keys])
+        for device_id, _ in keys:
+            state = states.get(device_id)
+            if state is None:
+                raise DeviceNotFound(device_id)
+            if state in (State.QUARANTINED, State.DECOMMISSIONED):
+                raise IssuanceRefused(f"device {device_id!r} is {state}: no certificate is issued")
+        issuer_id, ca = self._issuing_now()
+        profile = DeviceProfile(
+            trust_domain=self._trust_domain,
+            urls=self._urls(issuer_id),
+            validity=dt.timedelta(days=self._settings.device_certificate_days),
+        )
+        rows = []
+        for device_id, public_key in keys:
+            serial = self._serials()
+            certificate = ca.issue_device_certificate(
+                profile, device_id=device_id, public_key=public_key, serial=serial, now=moment,
+                crl_url=distribution_point_url(self.ca_url(issuer_id), serial, self._settings.crl_partitions),
+            )  # fmt: skip
+            rows.append(self._row(certificate, device_id, issuer_id, now=moment, renewed_from=None))
+        try:
+            with self._db.transaction() as session:
+                session.add_all(rows)
+                session.flush()
+                events = [_issued_event(row, actor, renewed=False) for row in rows]
+                self._log.append_many(session, events, now=moment)
+                records = [_certificate(row) for row in rows]
+        except DuplicateKey:
+            return [self.issue_device(device_id, csr, actor=actor, now=moment) for device_id, csr in requests]
+        self._committed()
+        return records
+
     def renew_device(
         self, device_id: str, csr: bytes, *, serial: int, actor: str, now: dt.datetime | None = None
     ) -> CertificateRecord:
@@ -475,9 +521,25 @@ class CertificateService:
         now: dt.datetime,
         renewed_from: int | None,
     ) -> CertificateRecord:
+        row = self._row(certificate, device_id, issuer_id, now=now, renewed_from=renewed_from)
+        with self._db.transaction() as session:
+            session.add(row)
+            session.flush()
+            self._log.append(session, _issued_event(row, actor, renewed=renewed_from is not None), now=now)
+            return _certificate(row)
+
+    def _row(
+        self,
+        certificate: x509.Certificate,
+        device_id: str | None,
+        issuer_id: str,
+        *,
+        now: dt.datetime,
+        renewed_from: int | None,
+    ) -> CertificateRow:
         der = certificate.public_bytes(serialization.Encoding.DER)
         serial = certificate.serial_number
-        row = CertificateRow(
+        return CertificateRow(
             serial=_hex(serial), device_id=device_id, profile="device" if device_id else "server",
             subject=certificate.subject.rfc4514_string()[:512], issuer_id=issuer_id,
             crl_partition=partition_of(serial, self._settings.crl_partitions),
@@ -486,15 +548,6 @@ class CertificateService:
             revocation_reason=None, renewed_from=None if renewed_from is None else _hex(renewed_from),
             der=der, created_at=now,
         )  # fmt: skip
-        with self._db.transaction() as session:
-            session.add(row)
-            session.flush()
-            subject = device_event_subject(device_id) if device_id else f"certificate:{row.serial}"
-            self._event(
-                session, "cert.renewed" if renewed_from else "cert.issued", subject, actor, now,
-                serial=row.serial, not_after=row.not_after.isoformat(), sha256=row.sha256.hex(),
-            )  # fmt: skip
-            return _certificate(row)
 
     # -- revocation --------------------------------------------------------------------------
 
@@ -539,7 +592,14 @@ class CertificateService:
         self, issuer_id: str, partition: int | None, *, now: dt.datetime
     ) -> list[RevokedEntry]:
         """Return the unexpired revoked entries of one CRL shard (or of the whole CA)."""
-        query = select(CertificateRow).where(
+        # Only the four columns an entry needs: the complete CRL of a CA reads every revoked row, and
+        # loading each certificate's DER as an ORM object would take minutes and gigabytes at 1M.
+        query = select(
+            CertificateRow.serial,
+            CertificateRow.revoked_at,
+            CertificateRow.revocation_reason,
+            CertificateRow.not_after,
+        ).where(
             CertificateRow.issuer_id == issuer_id,
             CertificateRow.status == CertificateStatus.REVOKED.value,
             CertificateRow.not_after >= now - dt.timedelta(days=1),
@@ -547,7 +607,16 @@ class CertificateService:
         if partition is not None:
             query = query.where(CertificateRow.crl_partition == partition)
         with self._db.reading() as session:
-            return [_certificate(row).revoked_entry() for row in session.execute(query).scalars()]
+            rows = session.execute(query).all()
+        entries = []
+        for serial, revoked_at, reason, not_after in rows:
+            assert revoked_at is not None  # set with status "revoked", in one UPDATE
+            entries.append(
+                RevokedEntry(
+                    int(serial, 16), revoked_at, RevocationReason(reason or "unspecified"), not_after
+                )
+            )
+        return entries
 
     def revoked_since(self, since: dt.datetime, *, limit: int = _MAX_PAGE) -> list[CertificateRecord]:
         """Return certificates revoked at or after ``since``, oldest revocation first."""
@@ -665,6 +734,18 @@ def _replace(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _issued_event(row: CertificateRow, actor: str, *, renewed: bool) -> NewEvent:
+    subject = device_event_subject(row.device_id) if row.device_id else f"certificate:{row.serial}"
+    data: dict[str, str | bool] = {
+        "serial": row.serial,
+        "not_after": row.not_after.isoformat(),
+        "sha256": row.sha256.hex(),
+    }
+    return NewEvent(
+        actor=actor, subject=subject, action="cert.renewed" if renewed else "cert.issued", data=data
+    )
 
 
 def _hex(serial: int) -> str:

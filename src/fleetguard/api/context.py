@@ -15,8 +15,8 @@ from fleetguard.installation import Runtime
 __all__ = ["RuntimeDep", "runtime_of"]
 
 
-def runtime_of(request: Request) -> Runtime:
-    """Return the runtime of the app serving ``request``."""
+async def runtime_of(request: Request) -> Runtime:
+    """Return the runtime of the app serving ``request`` (async: no threadpool hop for a lookup)."""
     runtime = request.app.state.runtime
     assert isinstance(runtime, Runtime)
     return runtime

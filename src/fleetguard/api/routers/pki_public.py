@@ -161,15 +161,16 @@ def crl(
     openapi_extra=_OCSP_BODY,
     responses=_OCSP_RESPONSE,
 )
-def ocsp_post(
+async def ocsp_post(
     runtime: RuntimeDep,
     body: Annotated[bytes | None, Depends(_ocsp_request_body)],
     content_type: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Answer an `application/ocsp-request` (RFC 6960 A.1): always 200 with an OCSP response.
 
-    Requests over 4 KiB, of another media type or undecodable get `malformedRequest`; requests about
-    another CA's certificates get `unauthorized`.
+    Runs on the event loop: answers come from the pre-signed cache in microseconds; a miss costs one
+    indexed read and one ECDSA signature. Requests over 4 KiB, of another media type or undecodable
+    get `malformedRequest`; requests about another CA's certificates get `unauthorized`.
     """
     if body is None:
         return _ocsp_answer(_MALFORMED)
@@ -186,7 +187,7 @@ def ocsp_post(
     response_class=Response,
     responses=_OCSP_RESPONSE,
 )
-def ocsp_get(
+async def ocsp_get(
     encoded: Annotated[
         str, Path(alias="request", description="The DER OCSPRequest in base64, then URL-encoded.")
     ],
@@ -200,8 +201,8 @@ def ocsp_get(
     return _ocsp_get_answer(runtime, encoded)
 
 
-def _ocsp_get_any_segments(request: Request) -> Response:
-    return _ocsp_get_answer(runtime_of(request), str(request.path_params["request"]))
+async def _ocsp_get_any_segments(request: Request) -> Response:
+    return _ocsp_get_answer(await runtime_of(request), str(request.path_params["request"]))
 
 
 # Base64 has '/' in its alphabet, and the server decodes %2F before routing: a request whose text

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     pkcs11_module: Path | None = None
     pkcs11_token: str | None = None
     pkcs11_pin_env: str = "FLEETGUARD_PKCS11_PIN"
+
+    # EST (RFC 7030) enrollment endpoint that `fleetguard up` serves over TLS; 0 disables it.
+    est_host: str | None = None
+    est_port: int = Field(default=8443, ge=0, le=65535)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

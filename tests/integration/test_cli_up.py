@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,3 +90,34 @@ def test_up_serves_the_api_and_exits_cleanly_on_a_signal(tmp_path: Path, stop_si
     )
     assert report.returncode == 0, report.stdout + report.stderr
     assert json.loads(report.stdout)["checkpoints"] == 1  # signed on the way out
+
+
+def test_up_serves_est_with_its_own_server_certificate_once_the_ca_exists(tmp_path: Path) -> None:
+    env = {**_environment(tmp_path / "data"), "FLEETGUARD_CA_PASSPHRASE": "up-est-test"}
+    for command in (["init", "--trust-domain", "example.org"], ["ca", "init"]):
+        subprocess.run([*_fleetguard(), *command], env=env, capture_output=True, check=True, timeout=60)
+    bundle = tmp_path / "bundle.pem"
+    subprocess.run([*_fleetguard(), "ca", "export", str(bundle)], env=env, check=True, timeout=60)
+    port, est_port = _free_port(), _free_port()
+    env["FLEETGUARD_EST_PORT"] = str(est_port)
+    server = subprocess.Popen(
+        [*_fleetguard(), "up", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_until_healthy(f"http://127.0.0.1:{port}", server)
+        # The EST server's certificate chains to the installation's root: a client that trusts only
+        # the exported bundle verifies it (httpx uses the bundle as its only trust anchors here).
+        trust = ssl.create_default_context(cafile=str(bundle))
+        response = httpx.get(f"https://127.0.0.1:{est_port}/.well-known/est/cacerts", verify=trust)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/pkcs7-mime")
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=_STOP_TIMEOUT_S)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err
+    assert f"https://127.0.0.1:{est_port}/.well-known/est/" in out
+    assert (tmp_path / "data" / "pki" / "servers" / "est.key.pem").stat().st_mode & 0o777 == 0o600

@@ -28,6 +28,7 @@ from fleetguard.cli.checkpointer import Checkpointer
 from fleetguard.cli.context import CliContext, cli_context
 from fleetguard.cli.output import stdout_console
 from fleetguard.cli.renewal_scheduler import DueWindow, RenewalScheduler
+from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.installation import Runtime
 
@@ -69,13 +70,15 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
         renewals = RenewalScheduler(runtime.pki, DueWindow.from_settings(settings))
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
             server = _server(runtime, verbose=context.verbose)
-            _print_banner(context, listener)
+            est = open_est_endpoint(runtime, host=settings.est_host or host or settings.api_host)
+            _print_banner(context, listener, est_line=est.url or est.reason or "")
             checkpointer.start()
             renewals.start()
             try:
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                est.stop()
                 renewals.stop()
                 checkpointer.stop()
 
@@ -157,7 +160,7 @@ def _stop_on_signals(server: "uvicorn.Server") -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _print_banner(context: CliContext, listener: socket.socket) -> None:
+def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str) -> None:
     host, port = listener.getsockname()[:2]
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     settings = context.settings
@@ -169,6 +172,7 @@ def _print_banner(context: CliContext, listener: socket.socket) -> None:
         ("API docs", f"{base}/docs  (OpenAPI: {base}/openapi.json)"),
         ("metrics", f"{base}/metrics"),
         ("health", f"{base}/healthz"),
+        ("EST enrollment", est_line),
         ("data dir", str(settings.data_dir.resolve())),
         ("database", masked_url(settings.resolved_database_url)),
         ("event bus", masked_url(settings.bus_url)),

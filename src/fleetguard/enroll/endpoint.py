@@ -1,0 +1,93 @@
+"""The EST endpoint of a running installation: its TLS identity, trust anchors and server.
+
+``fleetguard up`` calls :func:`open_est_endpoint`. The endpoint needs the CA (to issue its own TLS
+server certificate, ``pki/servers/est.*``, renewed by the renewal scheduler like any server
+certificate) and trusts, for client certificates, this installation's CAs and the registered
+manufacturer CAs (re-read by the server as they change).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from fleetguard.enroll.est_server import EstServer
+from fleetguard.errors import FleetguardError
+from fleetguard.installation import Runtime
+from fleetguard.pki.ca import ChainFormat
+
+__all__ = ["EstEndpoint", "open_est_endpoint"]
+
+_log = logging.getLogger(__name__)
+_NAME = "est"
+
+
+@dataclass(frozen=True, slots=True)
+class EstEndpoint:
+    """A started EST server, or why there is none."""
+
+    server: EstServer | None
+    url: str | None
+    reason: str | None
+
+    def stop(self) -> None:
+        """Stop the server, if one runs."""
+        if self.server is not None:
+            self.server.stop()
+
+
+def open_est_endpoint(runtime: Runtime, *, host: str) -> EstEndpoint:
+    """Start the EST server on ``host`` and ``Settings.est_port``; never raises for a missing CA.
+
+    Returns an endpoint without a server (and the reason) when the port is 0, the CA is not
+    initialized, or the CA key cannot be unlocked: the rest of ``up`` still runs.
+    """
+    port = runtime.settings.est_port
+    if port == 0:
+        return EstEndpoint(None, None, "disabled (FLEETGUARD_EST_PORT=0)")
+    try:
+        server = _start(runtime, host, port)
+    except (FleetguardError, OSError) as exc:
+        _log.warning("EST endpoint not started: %s", exc)
+        return EstEndpoint(None, None, f"not started: {exc}")
+    bound_host, bound_port = server.address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return EstEndpoint(server, f"https://{shown}:{bound_port}/.well-known/est/", None)
+
+
+def _start(runtime: Runtime, host: str, port: int) -> EstServer:
+    pki = runtime.pki
+    pki.authority()  # CaNotInitialized / KeyBackendError before anything is written
+    servers = runtime.settings.data_dir / "pki" / "servers"
+    if not (servers / f"{_NAME}.chain.pem").exists():
+        names, addresses = _names(host)
+        pki.issue_server(_NAME, names, addresses, actor="fleetguard up")
+
+    def trust_anchors() -> bytes:
+        manufacturers = b"".join(
+            ca.certificate.public_bytes(Encoding.PEM) for ca in runtime.enroll.manufacturer_cas()
+        )
+        return pki.trust_bundle(ChainFormat.PEM) + manufacturers
+
+    server = EstServer(
+        runtime.enroll,
+        trust_anchors,
+        lambda: pki.trust_bundle(ChainFormat.PEM),
+        servers / f"{_NAME}.chain.pem",
+        servers / f"{_NAME}.key.pem",
+        host=host,
+        port=port,
+    )
+    server.start()
+    return server
+
+
+def _names(host: str) -> tuple[list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host], []
+    return ["localhost"], [address]

@@ -28,7 +28,17 @@ from fleetguard.api.limits import BodyLimit
 from fleetguard.api.metrics import HttpMetrics, Metrics
 from fleetguard.api.openapi import finish_document
 from fleetguard.api.problems import UnhandledErrorGuard, install_problem_handlers
-from fleetguard.api.routers import devices, events, health, inventory, pki, pki_public, tokens, transfer
+from fleetguard.api.routers import (
+    devices,
+    enroll,
+    events,
+    health,
+    inventory,
+    pki,
+    pki_public,
+    tokens,
+    transfer,
+)
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
 
@@ -50,6 +60,7 @@ _ROUTERS = (
     transfer.router,
     devices.router,
     pki.router,
+    enroll.router,
     inventory.router,
     events.router,
     tokens.router,

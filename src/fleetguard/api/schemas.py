@@ -11,15 +11,26 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetguard.api.tokens import Role, TokenInfo
+from fleetguard.enroll import (
+    EnrollmentRule,
+    EnrollmentToken,
+    ManufacturerCa,
+    ModelAttribute,
+    QueuedRequest,
+    RequestStatus,
+    RuleMode,
+    TokenStatus,
+)
 from fleetguard.events import checkpoint, log
 from fleetguard.events.entry import DataValue
 from fleetguard.events.entry import EventEntry as CoreEventEntry
 from fleetguard.inventory.lifecycle import Action, State
 from fleetguard.inventory.model import DeviceChanges, DeviceSpec
+from fleetguard.pki.manufacturer import MAX_BUNDLE_SIZE
 from fleetguard.pki.revocation import RevocationReason
 from fleetguard.pki.service import AuthorityRecord, CertificateRecord, CertificateStatus
 
@@ -35,14 +46,23 @@ __all__ = [
     "DeviceType",
     "DeviceTypeCreation",
     "DeviceUpdate",
+    "EnrollmentRequest",
+    "EnrollmentRuleView",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenCreation",
+    "EnrollmentTokenView",
     "EventEntry",
     "EventPage",
     "Finding",
     "Health",
     "ImportResult",
     "InclusionProof",
+    "ManufacturerCaCreation",
+    "ManufacturerCaView",
     "ProblemDetails",
+    "Rejection",
     "Revocation",
+    "RuleSetting",
     "SignedTreeHead",
     "Site",
     "SiteCreation",
@@ -485,3 +505,152 @@ class Revocation(_Request):
     """Why a certificate is revoked: an RFC 5280 5.3.1 CRLReason name."""
 
     reason: RevocationReason = RevocationReason.UNSPECIFIED
+
+
+# -- enrollment ------------------------------------------------------------------------------
+
+
+class ManufacturerCaView(BaseModel):
+    """A manufacturer CA trusted for factory (IDevID) certificates."""
+
+    id: str
+    manufacturer: str
+    model_attribute: ModelAttribute = Field(description="The subject attribute that names the model.")
+    subject: str
+    not_after: dt.datetime
+    added_at: dt.datetime
+    pem: str
+
+    @classmethod
+    def of(cls, ca: ManufacturerCa) -> ManufacturerCaView:
+        """Return the API view of a registered manufacturer CA."""
+        return cls(
+            id=ca.id,
+            manufacturer=ca.manufacturer,
+            model_attribute=ca.model_attribute,
+            subject=ca.subject,
+            not_after=ca.not_after,
+            added_at=ca.added_at,
+            pem=ca.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        )
+
+
+class ManufacturerCaCreation(_Request):
+    """CA certificates (a PEM bundle) to trust for a manufacturer's factory certificates."""
+
+    manufacturer: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    pem: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BUNDLE_SIZE)]
+    model_attribute: ModelAttribute = ModelAttribute.OU
+
+
+class EnrollmentRuleView(_Response):
+    """A zero-touch rule: what a valid factory certificate of this manufacturer and model gets."""
+
+    manufacturer: str
+    model: str = Field(description="The device model, or `*` for any model.")
+    mode: RuleMode
+    register_unknown: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, rule: EnrollmentRule) -> EnrollmentRuleView:
+        """Return the API view of a rule."""
+        return cls.model_validate(rule)
+
+
+class RuleSetting(_Request):
+    """A rule's mode: `auto` enrolls at once, `approve` queues for an operator."""
+
+    mode: RuleMode
+    register_unknown: bool = Field(
+        default=False, description="Register a device the inventory does not know yet (`auto` rules only)."
+    )
+
+
+class EnrollmentTokenView(_Response):
+    """A one-time enrollment token as listed: never its secret."""
+
+    id: str
+    device_id: str
+    status: TokenStatus
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    used_source: str | None
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, token: EnrollmentToken, *, now: dt.datetime) -> EnrollmentTokenView:
+        """Return the API view of a token, with its status at ``now``."""
+        return cls(
+            id=token.id,
+            device_id=token.device_id,
+            status=token.status(now),
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            used_at=token.used_at,
+            used_source=token.used_source,
+            revoked_at=token.revoked_at,
+        )
+
+
+class EnrollmentTokenCreated(EnrollmentTokenView):
+    """A token just created, with its text: shown this once, stored only as a hash."""
+
+    token: str = Field(description="`fge_<id>_<secret>`: the device sends it as the HTTP Basic password.")
+
+
+class EnrollmentTokenCreation(_Request):
+    """A one-time token that lets one device enroll over EST."""
+
+    device_id: _Id
+    ttl_hours: int = Field(default=24, ge=1, le=720, description="Lifetime in hours (at most 30 days).")
+
+
+class EnrollmentRequest(_Response):
+    """A factory-certificate enrollment queued for an operator's decision."""
+
+    id: str
+    status: RequestStatus
+    manufacturer: str
+    model: str
+    device_serial: str
+    device_id: str | None
+    factory_sha256: str = Field(description="SHA-256 fingerprint of the factory certificate, hex.")
+    key_sha256: str = Field(description="SHA-256 of the CSR's public key (SPKI), hex.")
+    source: str
+    created_at: dt.datetime
+    decided_at: dt.datetime | None
+    decided_by: str | None
+    reason: str
+    certificate_serial: str | None = Field(description="The certificate issued on approval, hex.")
+
+    @classmethod
+    def of(cls, queued: QueuedRequest) -> EnrollmentRequest:
+        """Return the API view of a queued request (without its CSR)."""
+        serial = queued.certificate_serial
+        return cls(
+            id=queued.id,
+            status=queued.status,
+            manufacturer=queued.manufacturer,
+            model=queued.model,
+            device_serial=queued.device_serial,
+            device_id=queued.device_id,
+            factory_sha256=queued.factory_fingerprint.hex(),
+            key_sha256=queued.key_fingerprint.hex(),
+            source=queued.source,
+            created_at=queued.created_at,
+            decided_at=queued.decided_at,
+            decided_by=queued.decided_by,
+            reason=queued.reason,
+            certificate_serial=None if serial is None else _serial(serial),
+        )
+
+
+class Rejection(_Request):
+    """Why an enrollment request is rejected; the device's factory certificate is refused from then on."""
+
+    reason: Annotated[
+        str, StringConstraints(min_length=1, max_length=4096), Field(description="Recorded in the event log.")
+    ]

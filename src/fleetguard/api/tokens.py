@@ -63,6 +63,8 @@ class Permission(enum.StrEnum):
     CERTS_ISSUE = "certs:issue"
     CERTS_REVOKE = "certs:revoke"
     CA_ADMIN = "ca:admin"
+    ENROLL_READ = "enroll:read"
+    ENROLL_ADMIN = "enroll:admin"
 
 
 _OPERATOR = frozenset(
@@ -75,6 +77,8 @@ _OPERATOR = frozenset(
         Permission.CERTS_READ,
         Permission.CERTS_ISSUE,
         Permission.CERTS_REVOKE,
+        Permission.ENROLL_READ,
+        Permission.ENROLL_ADMIN,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -82,9 +86,15 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OPERATOR: _OPERATOR,
     # An auditor reads everything and checks the log, but changes nothing.
     Role.AUDITOR: frozenset(
-        {Permission.DEVICES_READ, Permission.EVENTS_READ, Permission.EVENTS_AUDIT, Permission.CERTS_READ}
+        {
+            Permission.DEVICES_READ,
+            Permission.EVENTS_READ,
+            Permission.EVENTS_AUDIT,
+            Permission.CERTS_READ,
+            Permission.ENROLL_READ,
+        }
     ),
-    Role.READ_ONLY: frozenset({Permission.DEVICES_READ, Permission.CERTS_READ}),
+    Role.READ_ONLY: frozenset({Permission.DEVICES_READ, Permission.CERTS_READ, Permission.ENROLL_READ}),
 }
 
 

@@ -17,7 +17,16 @@ from fleetguard.api.tokens import ROLE_PERMISSIONS, Permission, Role
 if TYPE_CHECKING:
     from conftest import Api
 
-_PLACEHOLDERS = {"device_id": "no-such-device", "seq": "1", "serial": "1", "token_id": "000000000000"}
+_PLACEHOLDERS = {
+    "ca_id": "no-such-ca",
+    "device_id": "no-such-device",
+    "manufacturer": "no-such-manufacturer",
+    "model": "no-such-model",
+    "request_id": "no-such-request",
+    "seq": "1",
+    "serial": "1",
+    "token_id": "000000000000",
+}
 _PROTECTED = [
     pytest.param(method, route.path, permission_of(route), id=f"{method} {route.path}")
     for route in api_routes()

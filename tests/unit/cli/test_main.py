@@ -40,6 +40,7 @@ def test_the_tree_has_every_command_group() -> None:
         "tokens",
         "ca",
         "certs",
+        "enroll",
     }
     assert ("devices", "import") in _PATHS
     assert ("events", "verify") in _PATHS

@@ -24,7 +24,7 @@ import re
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from fleetguard.api.context import RuntimeDep, runtime_of
 from fleetguard.api.problems import problem_responses
@@ -94,10 +94,6 @@ async def read_bounded_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-async def _ocsp_request_body(request: Request) -> bytes | None:
-    return await read_bounded_body(request, MAX_REQUEST_BYTES)
-
-
 @router.get(
     "/ca/{ca_id}.der",
     summary="Get a CA certificate",
@@ -161,23 +157,22 @@ def crl(
     openapi_extra=_OCSP_BODY,
     responses=_OCSP_RESPONSE,
 )
-async def ocsp_post(
-    runtime: RuntimeDep,
-    body: Annotated[bytes | None, Depends(_ocsp_request_body)],
-    content_type: Annotated[str | None, Header()] = None,
-) -> Response:
+async def ocsp_post(request: Request) -> Response:
     """Answer an `application/ocsp-request` (RFC 6960 A.1): always 200 with an OCSP response.
 
-    Runs on the event loop: answers come from the pre-signed cache in microseconds; a miss costs one
-    indexed read and one ECDSA signature. Requests over 4 KiB, of another media type or undecodable
-    get `malformedRequest`; requests about another CA's certificates get `unauthorized`.
+    Runs on the event loop with no dependency injection (the hottest public route): answers come
+    from the pre-signed cache in microseconds; a miss costs one indexed read and one ECDSA
+    signature. Requests over 4 KiB, of another media type or undecodable get `malformedRequest`;
+    requests about another CA's certificates get `unauthorized`.
     """
+    body = await read_bounded_body(request, MAX_REQUEST_BYTES)
     if body is None:
         return _ocsp_answer(_MALFORMED)
     try:
-        query = request_from_post(content_type, body)
+        query = request_from_post(request.headers.get("content-type"), body)
     except OcspMalformed:
         return _ocsp_answer(_MALFORMED)
+    runtime = await runtime_of(request)
     return _ocsp_answer(runtime.revocation.ocsp(query))
 
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fleetguard.events.errors import CheckpointError
+from fleetguard.private_file import PrivateFileWriteFailed, create_private_file
 
 __all__ = [
     "MAX_NOTE_SIZE",
@@ -238,21 +239,14 @@ def generate_signing_key(path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
+        create_private_file(path, pem)
     except FileExistsError as exc:
         raise CheckpointError(f"signing key {path} already exists", hint="refusing to overwrite it") from exc
+    except PrivateFileWriteFailed as exc:
+        raise CheckpointError(f"cannot write signing key {path}: {exc.strerror}") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot create signing key {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write signing key {path}: {exc.strerror}") from exc
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -7,7 +7,6 @@ others may read, an unencrypted key, a wrong passphrase or a key on another curv
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleetguard.pki.errors import KeyBackendError, KeyExists, KeyUnlockFailed, ProfileInputRejected
 from fleetguard.pki.keys import Curve, Passphrase, SoftwareKey, generate_software_key, read_private_file
+from fleetguard.private_file import PrivateFileWriteFailed, create_private_file
 
 __all__ = ["MAX_KEY_FILE_SIZE", "FileKey"]
 
@@ -80,18 +80,11 @@ class FileKey(SoftwareKey):
 
 def _write_new_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file at ``path`` with mode 0600; never follow or replace what is there."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
+        create_private_file(path, data)
     except FileExistsError as exc:
         raise KeyExists(f"key file {path} already exists", hint="refusing to overwrite a key") from exc
+    except PrivateFileWriteFailed as exc:
+        raise KeyBackendError(f"cannot write key file {path}: {exc.strerror}") from exc
     except OSError as exc:
         raise KeyBackendError(f"cannot create key file {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise KeyBackendError(f"cannot write key file {path}: {exc.strerror}") from exc

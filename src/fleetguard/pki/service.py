@@ -23,14 +23,12 @@ import datetime as dt
 import enum
 import hashlib
 import ipaddress
-import os
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,6 +61,7 @@ from fleetguard.pki.keys import Curve
 from fleetguard.pki.profile import DeviceProfile, IpAddress, PublicationUrls, ServerProfile, new_serial
 from fleetguard.pki.renewal import AdmissionOutcome, RateLimit, RateLimiter, renewal_time, require_renewable
 from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_of
+from fleetguard.private_file import replace_private_file
 from fleetguard.store.database import Database
 from fleetguard.store.errors import DuplicateKey
 from fleetguard.store.models import AuthorityRow, CertificateRow
@@ -503,9 +502,9 @@ class CertificateService:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         leaf = certificate.public_bytes(serialization.Encoding.PEM)
-        _replace(directory / f"{name}.key.pem", key_pem)
-        _replace(directory / f"{name}.chain.pem", leaf + ca.export_chain(ChainFormat.PEM))
-        _replace(directory / f"{name}.pem", leaf)
+        replace_private_file(directory / f"{name}.key.pem", key_pem)
+        replace_private_file(directory / f"{name}.chain.pem", leaf + ca.export_chain(ChainFormat.PEM))
+        replace_private_file(directory / f"{name}.pem", leaf)
 
     def renewal_due(self, record: CertificateRecord) -> dt.datetime:
         """Return when ``record`` should be renewed (2/3 of its life, jittered stably by serial)."""
@@ -723,17 +722,6 @@ class CertificateService:
 
 def _addresses(names: x509.SubjectAlternativeName) -> list[IpAddress]:
     return [ip for ip in names.get_values_for_type(x509.IPAddress) if isinstance(ip, _ADDRESSES)]
-
-
-def _replace(path: Path, data: bytes) -> None:
-    # Written beside the target with mode 0600, then renamed over it: readers see old or new, whole.
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _issued_event(row: CertificateRow, actor: str, *, renewed: bool) -> NewEvent:

@@ -49,3 +49,16 @@ def test_the_background_thread_publishes_after_notify_and_stop_drains(database: 
     assert len(subscription.fetch(10, timeout_s=0.5)) == 3
     subscription.close()
     bus.close()
+
+
+def test_stop_saves_the_cursor_so_a_restart_does_not_republish(database: Database) -> None:
+    log, bus = EventLog(database, "o"), open_bus("memory://")
+    relay = EventRelay(database, log, bus, partitions=2)
+    relay.start()
+    _append(log, database, 4)
+    relay.notify()
+    relay.stop()
+    restarted = EventRelay(database, log, bus, partitions=2)
+    assert restarted.cursor() == 4
+    assert restarted.pump() == 0
+    bus.close()

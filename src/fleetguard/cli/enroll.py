@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from fleetguard.cli.ca import PassphraseFile, signing_context
 from fleetguard.cli.context import cli_context, operator_actor
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG
-from fleetguard.cli.output import JsonFlag, format_time, print_json, print_notice, print_table
+from fleetguard.cli.output import JsonFlag, format_time, print_json, print_notice, print_records
 from fleetguard.config import Settings
 from fleetguard.enroll import (
     EnrollmentInputRejected,
@@ -130,13 +130,16 @@ def list_manufacturers(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     with cli_context(ctx).runtime() as runtime:
         cas = runtime.enroll.manufacturer_cas()
     records = [_manufacturer_record(ca) for ca in cas]
-    if as_json:
-        print_json(records)
-        return
-    keys = ("id", "manufacturer", "model_attribute", "not_after", "subject")
-    print_table(
-        ("id", "manufacturer", "model attribute", "not after", "subject"),
-        [[record[key] for key in keys] for record in records],
+    print_records(
+        records,
+        (
+            ("id", "id"),
+            ("manufacturer", "manufacturer"),
+            ("model_attribute", "model attribute"),
+            ("not_after", "not after"),
+            ("subject", "subject"),
+        ),
+        as_json=as_json,
         empty="no manufacturer CA: add one with fleetguard enroll manufacturers add",
     )
 
@@ -193,13 +196,16 @@ def list_rules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     with cli_context(ctx).runtime() as runtime:
         rules = runtime.enroll.rules()
     records = [_rule_record(rule) for rule in rules]
-    if as_json:
-        print_json(records)
-        return
-    keys = ("manufacturer", "model", "mode", "register_unknown", "updated_at")
-    print_table(
-        ("manufacturer", "model", "mode", "register unknown", "updated"),
-        [[record[key] for key in keys] for record in records],
+    print_records(
+        records,
+        (
+            ("manufacturer", "manufacturer"),
+            ("model", "model"),
+            ("mode", "mode"),
+            ("register_unknown", "register unknown"),
+            ("updated_at", "updated"),
+        ),
+        as_json=as_json,
         empty="no rules: factory certificates enroll no device (add one with fleetguard enroll rules set)",
     )
 
@@ -252,13 +258,17 @@ def list_tokens(
     with cli_context(ctx).runtime() as runtime:
         tokens = runtime.enroll.tokens(device_id=device)
     records = [_token_record(token, now) for token in tokens]
-    if as_json:
-        print_json(records)
-        return
-    keys = ("id", "device_id", "status", "created_at", "expires_at", "used_at")
-    print_table(
-        ("id", "device", "status", "created", "expires", "used"),
-        [[record[key] for key in keys] for record in records],
+    print_records(
+        records,
+        (
+            ("id", "id"),
+            ("device_id", "device"),
+            ("status", "status"),
+            ("created_at", "created"),
+            ("expires_at", "expires"),
+            ("used_at", "used"),
+        ),
+        as_json=as_json,
         empty="no enrollment tokens",
     )
 
@@ -300,13 +310,19 @@ def list_requests(
     with cli_context(ctx).runtime() as runtime:
         requests = runtime.enroll.requests(status=status, limit=limit, after=after)
     records = [_request_record(request) for request in requests]
-    if as_json:
-        print_json(records)
-        return
-    keys = ("id", "status", "manufacturer", "model", "device_serial", "device_id", "source", "created_at")
-    print_table(
-        ("id", "status", "manufacturer", "model", "serial", "device", "source", "created"),
-        [[record[key] for key in keys] for record in records],
+    print_records(
+        records,
+        (
+            ("id", "id"),
+            ("status", "status"),
+            ("manufacturer", "manufacturer"),
+            ("model", "model"),
+            ("device_serial", "serial"),
+            ("device_id", "device"),
+            ("source", "source"),
+            ("created_at", "created"),
+        ),
+        as_json=as_json,
         empty="no enrollment requests",
     )
     if len(requests) == limit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated
 
 import typer
@@ -61,6 +61,24 @@ def stderr_console() -> Console:
 def print_json(value: object) -> None:
     """Print ``value`` as indented JSON on stdout."""
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_records(
+    records: Sequence[Mapping[str, object]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    as_json: bool,
+    empty: str,
+) -> None:
+    """Print ``records`` as a JSON array, or as a table of ``(key, header)`` columns."""
+    if as_json:
+        print_json(list(records))
+        return
+    print_table(
+        [header for _, header in columns],
+        [[record[key] for key, _ in columns] for record in records],
+        empty=empty,
+    )
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, empty: str) -> None:

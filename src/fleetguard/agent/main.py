@@ -1,21 +1,52 @@
-"""The ``fleetguard-agent`` program: the device side of fleetguard."""
+"""The ``fleetguard-agent`` program: the device side of fleetguard.
 
+``enroll`` gets the device its first operational certificate over EST, ``renew`` renews it once,
+``run`` keeps it renewed in the background (until SIGTERM/SIGINT), ``status`` says where it stands.
+State lives in one directory (``--state-dir``, default ``/var/lib/fleetguard-agent``), described in
+:mod:`fleetguard.agent.state`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
+from cryptography import x509
 
 from fleetguard import __version__
+from fleetguard.agent.errors import AgentConfigInvalid, EnrollmentPending
+from fleetguard.agent.identity import AgentStatus, DeviceIdentity, FactoryCredential, RenewalLoop
+from fleetguard.agent.keystore import KeyStoreKind
+from fleetguard.agent.state import AgentConfig, AgentState, KeyStoreConfig
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG, ReportingGroup
+from fleetguard.pki.keys import Passphrase
 
 __all__ = ["app", "main"]
+
+DEFAULT_STATE_DIR = Path("/var/lib/fleetguard-agent")
+TOKEN_ENV = "FLEETGUARD_AGENT_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+_MAX_PENDING_WAIT_S = 7 * 24 * 3600
 
 app = typer.Typer(
     cls=ReportingGroup,
     name="fleetguard-agent",
     help=(
-        "fleetguard-agent runs on a device. It will enroll the device with the fleet's CA (EST), keep "
-        "its certificate renewed, connect to the MQTT broker with mutual TLS, install signed updates "
-        "(TUF) with rollback, and report telemetry. Those commands arrive in later releases."
+        "fleetguard-agent runs on a device. It enrolls the device with the fleet's CA over EST "
+        "(RFC 7030) using a one-time enrollment token or the factory certificate, keeps the device key "
+        "in a file, a PKCS#11 token or the TPM (the key never leaves the token or TPM), and renews the "
+        "certificate at 2/3 of its life with jitter, backing off when the server is busy."
     ),
     epilog=EXIT_STATUS_EPILOG,
     no_args_is_help=True,
@@ -23,6 +54,15 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", envvar="FLEETGUARD_AGENT_STATE_DIR", help="Where the agent keeps its configuration, "
+        "certificate and key references (created with mode 0700).",
+    ),
+]  # fmt: skip
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
 @app.callback()
@@ -38,6 +78,211 @@ def version() -> None:
     typer.echo(f"fleetguard-agent {__version__}")
 
 
+@app.command("enroll")
+def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
+    server: Annotated[str, typer.Option(help="The EST server, https://host[:port].")],
+    trust_anchors: Annotated[
+        Path, typer.Option(help="PEM CA certificate(s) that authenticate the EST server (RFC 7030 4.1.1).")
+    ],
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    device_id: Annotated[
+        str | None, typer.Option(help="The device id the enrollment token is bound to.")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help=f"File holding the one-time enrollment token (or set ${TOKEN_ENV}).")
+    ] = None,
+    factory_cert: Annotated[
+        Path | None, typer.Option(help="Factory (IDevID) certificate chain, PEM, to authenticate with.")
+    ] = None,
+    factory_key: Annotated[
+        Path | None, typer.Option(help="The factory certificate's key, PEM, mode 0600.")
+    ] = None,
+    key_store: Annotated[KeyStoreKind, typer.Option(help="Where the device key is created and kept.")] = (
+        KeyStoreKind.FILE
+    ),
+    pkcs11_module: Annotated[str | None, typer.Option(help="PKCS#11 module (default: SoftHSM2).")] = None,
+    pkcs11_token: Annotated[str | None, typer.Option(help="PKCS#11 token label.")] = None,
+    pkcs11_key_label: Annotated[str, typer.Option(help="Label of the device key on the token.")] = (
+        "fleetguard-device"
+    ),
+    pkcs11_pin_file: Annotated[
+        Path | None,
+        typer.Option(help="File (0600) with the token's user PIN (or set $FLEETGUARD_AGENT_PKCS11_PIN)."),
+    ] = None,
+    tpm_tcti: Annotated[
+        str | None, typer.Option(help="How to reach the TPM (tpm2-tss TCTI), e.g. device:/dev/tpmrm0.")
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="If the request waits for an operator's approval, poll until decided."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each server answer.")] = 30.0,
+    as_json: AsJson = False,
+) -> None:
+    """Enroll this device: create its key, send a CSR with a token or factory certificate, save the result.
+
+    Exactly one of --token-file (or $FLEETGUARD_AGENT_TOKEN) with --device-id, or --factory-cert with
+    --factory-key. Running it again after a pending answer resends the same request.
+    """
+    token = _token(token_file)
+    factory = _factory(factory_cert, factory_key)
+    if (token is None) == (factory is None):
+        raise AgentConfigInvalid(f"give an enrollment token (--token-file or ${TOKEN_ENV}) or --factory-cert")
+    if token is not None and device_id is None:
+        raise AgentConfigInvalid("token enrollment needs --device-id, the id the token is bound to")
+    store_config = KeyStoreConfig(
+        kind=key_store,
+        pkcs11_token=pkcs11_token,
+        pkcs11_key_label=pkcs11_key_label,
+        pkcs11_pin_file=None if pkcs11_pin_file is None else str(pkcs11_pin_file.resolve()),
+        tpm_tcti=tpm_tcti,
+        **({} if pkcs11_module is None else {"pkcs11_module": pkcs11_module}),
+    )
+    config = AgentConfig(server_url=server, key_store=store_config, device_id=device_id, timeout_s=timeout)
+    state = AgentState(state_dir)
+    state.prepare()
+    state.save_trust_anchors(_read_certificates(trust_anchors))
+    state.save_config(config)
+    with _identity(state, config) as identity:
+        certificate = _enroll_until_decided(
+            identity, device_id=device_id, token=token, factory=factory, wait=wait
+        )
+        _print_certificate("enrolled", identity, certificate, as_json=as_json)
+
+
+@app.command("renew")
+def renew_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = False) -> None:
+    """Renew the certificate now (simplereenroll with the current certificate and the same key)."""
+    state = AgentState(state_dir)
+    with _identity(state, state.load_config()) as identity:
+        _print_certificate("renewed", identity, identity.renew(), as_json=as_json)
+
+
+@app.command("run")
+def run_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Keep the certificate renewed (at 2/3 of its life, with jitter; backing off on failure) till SIGTERM."""
+    _log_to_stderr()
+    state = AgentState(state_dir)
+    stop = threading.Event()
+    with _identity(state, state.load_config()) as identity, _stop_on_signals(stop):
+        logging.getLogger("fleetguard.agent").info(
+            "agent for %s: next renewal at %s", identity.config.device_id, identity.next_renewal().isoformat()
+        )
+        RenewalLoop(identity, clock=lambda: dt.datetime.now(dt.UTC), wait=stop.wait).run()
+
+
+@app.command("status")
+def status_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = False) -> None:
+    """Show the device id, the certificate's validity and renewal time, and where the key is."""
+    state = AgentState(state_dir)
+    with _identity(state, state.load_config()) as identity:
+        status = identity.status(dt.datetime.now(dt.UTC))
+    if as_json:
+        typer.echo(json.dumps(_jsonable(status), sort_keys=True))
+        return
+    for name, value in asdict(status).items():
+        shown = value.isoformat() if isinstance(value, dt.datetime) else value
+        typer.echo(f"{name.replace('_', ' ')}: {'-' if shown is None else shown}")
+
+
 def main() -> None:
     """Run the ``fleetguard-agent`` program; exit with 0 ok, 1 failure, 2 usage or 130 interrupted."""
     app(prog_name="fleetguard-agent")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _identity(state: AgentState, config: AgentConfig) -> Iterator[DeviceIdentity]:
+    key_store = state.key_store(config.key_store)
+    try:
+        yield DeviceIdentity(state, config, key_store)
+    finally:
+        key_store.close()
+
+
+def _enroll_until_decided(
+    identity: DeviceIdentity,
+    *,
+    device_id: str | None,
+    token: str | None,
+    factory: FactoryCredential | None,
+    wait: bool,
+) -> x509.Certificate:
+    deadline = time.monotonic() + _MAX_PENDING_WAIT_S
+    while True:
+        try:
+            return identity.enroll(device_id=device_id, token=token, factory=factory)
+        except EnrollmentPending as pending:
+            delay = pending.retry_after_s or 60.0
+            if not wait or time.monotonic() + delay > deadline:
+                raise
+            typer.echo(f"pending approval; asking again in {delay:.0f} s", err=True)
+            time.sleep(delay)
+
+
+def _token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        return Passphrase.from_file(token_file).reveal().decode().strip()
+    value = os.environ.get(TOKEN_ENV)
+    return value.strip() if value else None
+
+
+def _factory(certificate: Path | None, key: Path | None) -> FactoryCredential | None:
+    if certificate is None and key is None:
+        return None
+    if certificate is None or key is None:
+        raise AgentConfigInvalid("--factory-cert and --factory-key go together")
+    return FactoryCredential(str(certificate.resolve()), str(key.resolve()))
+
+
+def _read_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes()[: 1 << 20])
+    except ValueError as exc:
+        raise AgentConfigInvalid(f"{path} holds no PEM certificate") from exc
+
+
+def _print_certificate(
+    verb: str, identity: DeviceIdentity, certificate: x509.Certificate, *, as_json: bool
+) -> None:
+    record = {
+        "device_id": identity.config.device_id,
+        "serial": f"{certificate.serial_number:x}",
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+        "renew_at": identity.next_renewal().isoformat(),
+    }
+    if as_json:
+        typer.echo(json.dumps({"result": verb, **record}, sort_keys=True))
+    else:
+        typer.echo(
+            f"{verb} {record['device_id']}: certificate {record['serial']} "
+            f"valid until {record['not_after']}, renewal at {record['renew_at']}"
+        )
+
+
+def _jsonable(status: AgentStatus) -> dict[str, object]:
+    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in asdict(status).items()}
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("fleetguard")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -41,7 +41,7 @@ from cryptography.x509.oid import NameOID
 from fleetguard.pki.errors import SigningFailed
 from fleetguard.pki.keys import SigningKey, SoftwareKey, signature_algorithm_oid, verify_signature
 
-__all__ = ["sign_certificate", "sign_crl", "sign_ocsp_response"]
+__all__ = ["sign_certificate", "sign_crl", "sign_csr", "sign_ocsp_response"]
 
 _SEQUENCE = 0x30
 _BIT_STRING = 0x03
@@ -71,6 +71,27 @@ def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.
     certificate = _parse(x509.load_der_x509_certificate, _resign(draft.public_bytes(_DER), key))
     _verify(key, certificate.signature, certificate.tbs_certificate_bytes, "certificate")
     return certificate
+
+
+def sign_csr(
+    builder: x509.CertificateSigningRequestBuilder, key: SigningKey
+) -> x509.CertificateSigningRequest:
+    """Return the PKCS#10 request ``builder`` describes, signed by ``key`` (a device's own key).
+
+    A CertificationRequest has the certificate's outer shape (RFC 2986 4.2), so a key in a token
+    or a TPM signs it through the same stand-in splice. Raises as :func:`sign_certificate`.
+    """
+    if isinstance(key, SoftwareKey):
+        return builder.sign(key.private_key, _hash_of(key))
+    draft = builder.sign(_stand_in(key).key, _hash_of(key))
+    _require_algorithm(draft.signature_algorithm_oid, key)
+    # The builder put the stand-in's public key in the request; the request must carry the real one.
+    spki = _spki(key.public_key())
+    signed = _resign(draft.public_bytes(_DER), key, lambda tbs: _replace_request_key(tbs, spki))
+    request = _parse(x509.load_der_x509_csr, signed)
+    if _spki(request.public_key()) != spki or not request.is_signature_valid:
+        raise SigningFailed("the spliced request does not carry or verify with the key that signed it")
+    return request
 
 
 def sign_crl(
@@ -235,6 +256,15 @@ def _replace_responder_id(tbs: bytes, responder_id: bytes) -> bytes:
     if first.tag != _BY_KEY:
         raise SigningFailed("the draft OCSP ResponseData does not start with a byKey responderID")
     return _encode(_SEQUENCE, responder_id + rest)
+
+
+def _replace_request_key(tbs: bytes, spki: bytes) -> bytes:
+    """Return CertificationRequestInfo ``tbs`` with ``spki`` as its subjectPKInfo (RFC 2986 4.1)."""
+    outer = _read_only_tlv(tbs)
+    version, rest = _read_tlv(outer.content)
+    subject, rest = _read_tlv(rest)
+    _, attributes = _read_tlv(rest)
+    return _encode(_SEQUENCE, version.encoded + subject.encoded + spki + attributes)
 
 
 def _unwrap_ocsp(response: bytes) -> tuple[bytes, bytes, bytes]:

@@ -1,0 +1,93 @@
+"""Errors of the device agent: one base, leaves that say what the device should do next."""
+
+from __future__ import annotations
+
+from fleetguard.errors import FleetguardError, InvalidInput, Unavailable
+
+__all__ = [
+    "AgentConfigInvalid",
+    "AgentError",
+    "AgentNotEnrolled",
+    "EnrollmentPending",
+    "EstRequestFailed",
+    "EstServerBusy",
+    "EstServerUnreachable",
+    "KeyStoreError",
+    "RenewalImpossible",
+]
+
+
+class AgentError(FleetguardError):
+    """Base of the agent's errors."""
+
+    code = "agent"
+
+
+class AgentConfigInvalid(InvalidInput, AgentError):
+    """An option or the agent's saved configuration is wrong."""
+
+    code = "agent-config-invalid"
+
+
+class AgentNotEnrolled(AgentError):
+    """The device has no operational certificate yet."""
+
+    status = 409
+    code = "agent-not-enrolled"
+
+    def __init__(self, state_dir: str) -> None:
+        super().__init__(
+            f"the agent in {state_dir} is not enrolled",
+            hint="run `fleetguard-agent enroll` with an enrollment token or a factory certificate",
+        )
+
+
+class KeyStoreError(AgentError):
+    """The key store cannot create, find or use the device key."""
+
+    code = "agent-key-store"
+
+
+class EnrollmentPending(AgentError):
+    """The server queued the request for an operator's approval (RFC 7030 4.2.3: 202 + Retry-After)."""
+
+    status = 202
+    code = "agent-enrollment-pending"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, hint=f"run the same command again in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class EstServerBusy(Unavailable, AgentError):
+    """The server answered 503; ``retry_after_s`` is its Retry-After when it sent one."""
+
+    code = "agent-est-busy"
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message, hint="the agent backs off and tries again")
+        self.retry_after_s = retry_after_s
+
+
+class EstServerUnreachable(Unavailable, AgentError):
+    """No HTTP answer: connection refused, TLS failure, timeout."""
+
+    code = "agent-est-unreachable"
+
+
+class EstRequestFailed(AgentError):
+    """The server refused the request (4xx or 5xx other than 503); ``http_status`` is its status."""
+
+    code = "agent-est-refused"
+
+    def __init__(self, operation: str, http_status: int, reason: str) -> None:
+        super().__init__(f"EST {operation} refused with HTTP {http_status}: {reason}")
+        self.http_status = http_status
+        self.reason = reason
+
+
+class RenewalImpossible(AgentError):
+    """The certificate can no longer be renewed (revoked, or expired beyond the grace window)."""
+
+    status = 409
+    code = "agent-renewal-impossible"

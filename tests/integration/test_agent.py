@@ -27,9 +27,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from fleetguard.config import Settings
 from fleetguard.enroll.est_server import EstServer
+from fleetguard.enroll.rules import RuleMode
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
 from fleetguard.pki.ca import ChainFormat
@@ -104,12 +106,18 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     runtime.pki.issue_server("est", ["localhost"], [ipaddress.IPv4Address("127.0.0.1")], actor="test")
     runtime.inventory.register(DeviceSpec(serial="SN-1", manufacturer="acme", id=DEVICE_ID), actor="test")
     servers = settings.data_dir / "pki" / "servers"
+
+    def client_trust_anchors() -> bytes:  # operational CAs and registered manufacturer CAs, as `up` uses
+        manufacturers = b"".join(ca.certificate.public_bytes(PEM) for ca in runtime.enroll.manufacturer_cas())
+        return runtime.pki.trust_bundle(ChainFormat.PEM) + manufacturers
+
     server = EstServer(
         runtime.enroll,
-        lambda: runtime.pki.trust_bundle(ChainFormat.PEM),
+        client_trust_anchors,
         lambda: runtime.pki.trust_bundle(ChainFormat.PEM),
         servers / "est.chain.pem",
         servers / "est.key.pem",
+        reload_interval_s=0.0,  # a manufacturer CA a test registers is trusted at once
     )
     server.start()
     root = tmp_path / "root.pem"  # what the device is provisioned with at the factory
@@ -255,6 +263,89 @@ def _csr_for_file_key(state: Path, leaf: x509.Certificate) -> bytes:
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     builder = x509.CertificateSigningRequestBuilder().subject_name(leaf.subject)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+# -- factory certificates (IDevID) -------------------------------------------------------------------
+
+
+def _factory_identity(fleet: Fleet, serial: str) -> tuple[Path, Path]:
+    """Register manufacturer Acme's CA; return a factory certificate for ``serial`` (model Cam-X) and key."""
+    now = utc_now()
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name.from_rfc4514_string("CN=Acme IDevID Root,O=Acme")
+    root = (
+        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+        .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    fleet.runtime.enroll.add_manufacturer_ca("Acme", root.public_bytes(PEM), actor="test")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Cam-X"),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, serial),
+    ])  # fmt: skip
+    idevid = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(root_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650)).sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    certificate, key_file = fleet.tmp / "idevid.pem", fleet.tmp / "idevid.key"
+    certificate.write_bytes(idevid.public_bytes(PEM))
+    key_file.write_bytes(
+        key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_file.chmod(0o600)
+    return certificate, key_file
+
+
+def _enroll_with_factory_certificate(
+    fleet: Fleet, state: Path, certificate: Path, key: Path
+) -> subprocess.CompletedProcess[str]:
+    return fleet.agent(
+        "enroll", "--server", fleet.url, "--trust-anchors", str(fleet.root), "--state-dir", str(state),
+        "--factory-cert", str(certificate), "--factory-key", str(key), "--json", check=False,
+    )  # fmt: skip
+
+
+def test_a_factory_certificate_enrolls_zero_touch_under_an_auto_rule(fleet: Fleet) -> None:
+    certificate, key = _factory_identity(fleet, "ACME-9")
+    fleet.runtime.enroll.set_rule("Acme", "Cam-X", RuleMode.AUTO, register_unknown=True, actor="test")
+    state = fleet.tmp / "agent"
+
+    result = _enroll_with_factory_certificate(fleet, state, certificate, key)
+
+    assert result.returncode == 0, result.stderr
+    device_id = json.loads(result.stdout)["device_id"]
+    device = fleet.runtime.inventory.get(device_id)
+    assert (device.manufacturer, device.serial, device.model) == ("Acme", "ACME-9", "Cam-X")
+    assert json.loads((state / "agent.json").read_text())["device_id"] == device_id
+    factory_key = x509.load_pem_x509_certificate(certificate.read_bytes()).public_key()
+    assert _leaf(state).public_key() != factory_key
+    fleet.agent("renew", "--state-dir", str(state))  # the operational certificate renews itself
+
+
+def test_a_factory_certificate_waits_for_approval_then_the_same_request_collects_it(fleet: Fleet) -> None:
+    certificate, key = _factory_identity(fleet, "ACME-10")
+    fleet.runtime.enroll.set_rule("Acme", "Cam-X", RuleMode.APPROVE, actor="test")
+    state = fleet.tmp / "agent"
+
+    pending = _enroll_with_factory_certificate(fleet, state, certificate, key)
+    assert pending.returncode == 1
+    assert "pending approval" in pending.stderr
+    assert not (state / "certificate.pem").exists()
+    [request] = fleet.runtime.enroll.requests()
+    fleet.runtime.enroll.approve(request.id, actor="ops")
+
+    collected = _enroll_with_factory_certificate(fleet, state, certificate, key)
+    assert collected.returncode == 0, collected.stderr
+    assert _leaf(state).serial_number == int(json.loads(collected.stdout)["serial"], 16)
 
 
 # -- PKCS#11 (SoftHSM2) ------------------------------------------------------------------------------

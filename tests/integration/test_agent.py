@@ -268,8 +268,13 @@ def _csr_for_file_key(state: Path, leaf: x509.Certificate) -> bytes:
 # -- factory certificates (IDevID) -------------------------------------------------------------------
 
 
-def _factory_identity(fleet: Fleet, serial: str) -> tuple[Path, Path]:
-    """Register manufacturer Acme's CA; return a factory certificate for ``serial`` (model Cam-X) and key."""
+def _factory_identity(
+    fleet: Fleet, serial: str, public_key: ec.EllipticCurvePublicKey | None = None
+) -> tuple[Path, Path]:
+    """Register manufacturer Acme's CA; return a factory certificate for ``serial`` (model Cam-X) and key.
+
+    With ``public_key`` (a key the factory made in the device's TPM) only the certificate is written.
+    """
     now = utc_now()
     root_key = ec.generate_private_key(ec.SECP256R1())
     root_name = x509.Name.from_rfc4514_string("CN=Acme IDevID Root,O=Acme")
@@ -286,13 +291,14 @@ def _factory_identity(fleet: Fleet, serial: str) -> tuple[Path, Path]:
     )  # fmt: skip
     fleet.runtime.enroll.add_manufacturer_ca("Acme", root.public_bytes(PEM), actor="test")
     key = ec.generate_private_key(ec.SECP256R1())
+    public_key = public_key or key.public_key()
     subject = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Cam-X"),
         x509.NameAttribute(NameOID.SERIAL_NUMBER, serial),
     ])  # fmt: skip
     idevid = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(root_name).public_key(key.public_key())
+        x509.CertificateBuilder().subject_name(subject).issuer_name(root_name).public_key(public_key)
         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=3650)).sign(root_key, hashes.SHA256())
     )  # fmt: skip
@@ -478,3 +484,33 @@ def test_tpm_key_store_key_never_leaves_the_tpm(fleet: Fleet, tpm: dict[str, str
     with pytest.raises(ValueError, match="no BEGIN/END delimiters for a private key"):
         serialization.load_pem_private_key(wrapped, password=None)  # only the TPM can use it
     assert not (state / "device-key.pem").exists()
+
+
+def test_a_tpm_held_factory_key_authenticates_the_first_enrollment(fleet: Fleet, tpm: dict[str, str]) -> None:
+    fleet.env["DBUS_SESSION_BUS_ADDRESS"] = tpm["DBUS_SESSION_BUS_ADDRESS"]
+    factory_key = fleet.tmp / "idevid.tss2.pem"  # made in the TPM at the factory; only its wrapping is here
+    subprocess.run(
+        ["openssl", "genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC",
+         "-pkeyopt", "group:P-256", "-out", str(factory_key)],
+        check=True, capture_output=True, env={**os.environ, **fleet.env, "TPM2OPENSSL_TCTI": tpm["TCTI"]},
+    )  # fmt: skip
+    public = subprocess.run(
+        ["openssl", "pkey", "-provider", "tpm2", "-provider", "default", "-in", str(factory_key), "-pubout"],
+        check=True, capture_output=True, env={**os.environ, **fleet.env, "TPM2OPENSSL_TCTI": tpm["TCTI"]},
+    ).stdout  # fmt: skip
+    public_key = serialization.load_pem_public_key(public)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    certificate, _ = _factory_identity(fleet, "ACME-11", public_key)
+    fleet.runtime.enroll.set_rule("Acme", "Cam-X", RuleMode.AUTO, register_unknown=True, actor="test")
+    state = fleet.tmp / "agent"
+
+    result = fleet.agent(
+        "enroll", "--server", fleet.url, "--trust-anchors", str(fleet.root), "--state-dir", str(state),
+        "--factory-cert", str(certificate), "--factory-key", str(factory_key), "--key-store", "tpm",
+        "--tpm-tcti", tpm["TCTI"], "--json", check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    device = fleet.runtime.inventory.get(json.loads(result.stdout)["device_id"])
+    assert (device.serial, device.model) == ("ACME-11", "Cam-X")
+    assert (state / "device-key.tss2.pem").read_bytes().startswith(b"-----BEGIN TSS2 PRIVATE KEY-----")

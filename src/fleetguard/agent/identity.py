@@ -46,6 +46,7 @@ from fleetguard.agent.errors import (
 )
 from fleetguard.agent.est_client import EstClient, transport_for
 from fleetguard.agent.keystore import KeyStore
+from fleetguard.agent.keystore_tpm import TPM_WRAPPED_KEY_HEADER, TpmKeyStore
 from fleetguard.agent.renewal import RenewalPolicy, phase_of, renew_at, retry_delay
 from fleetguard.agent.state import AgentConfig, AgentState
 from fleetguard.agent.transport import EstTransport, TlsClientKey, TlsKeyKind, TlsSettings
@@ -121,7 +122,7 @@ class DeviceIdentity:
         csr = _request(key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         settings = self._settings(
             None if factory is None else factory.certificate,
-            None if factory is None else TlsClientKey(TlsKeyKind.FILE, factory.key),
+            None if factory is None else self._factory_key(Path(factory.key)),
         )
         client = EstClient(self._transport_factory(settings))
         issued = client.simpleenroll(csr, device_id=device_id, token=token)
@@ -173,6 +174,19 @@ class DeviceIdentity:
         return renew_at(
             leaf.not_valid_before_utc, leaf.not_valid_after_utc, seed=_seed(self._config.device_id, leaf)
         )
+
+    def _factory_key(self, path: Path) -> TlsClientKey:
+        """Return how TLS reaches the factory key: a PEM file, or a TPM-held IDevID (TCG's TPM IDevID)."""
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(TPM_WRAPPED_KEY_HEADER))
+        except OSError as exc:
+            raise AgentConfigInvalid(f"cannot read the factory key {path}: {exc.strerror}") from exc
+        if head != TPM_WRAPPED_KEY_HEADER:
+            return TlsClientKey(TlsKeyKind.FILE, str(path))
+        if not isinstance(self._keys, TpmKeyStore):
+            raise AgentConfigInvalid("the factory key is held by a TPM: use --key-store tpm")
+        return self._keys.tls_key_for(path)
 
     def _settings(self, certificate: str | None, key: TlsClientKey | None) -> TlsSettings:
         return TlsSettings(

@@ -28,7 +28,10 @@ from fleetguard.agent.keystore import KeyStoreKind
 from fleetguard.agent.transport import TlsClientKey, TlsKeyKind
 from fleetguard.private_file import replace_private_file
 
-__all__ = ["TpmKey", "TpmKeyStore"]
+__all__ = ["TPM_WRAPPED_KEY_HEADER", "TpmKey", "TpmKeyStore"]
+
+TPM_WRAPPED_KEY_HEADER = b"-----BEGIN TSS2 PRIVATE KEY-----"
+"""How a TPM-wrapped key file begins (the TSS2 key file format of tpm2-tss-engine and tpm2-openssl)."""
 
 _OPENSSL = "/usr/bin/openssl"
 _PROVIDER_ARGS = ("-provider", "tpm2", "-provider", "default")
@@ -126,10 +129,14 @@ class TpmKeyStore:
 
     def tls_key(self) -> TlsClientKey:
         """Write the provider configuration and return the wrapped-key file for the provider."""
+        return self.tls_key_for(self.path)
+
+    def tls_key_for(self, path: Path) -> TlsClientKey:
+        """Return the TPM-wrapped key at ``path`` (the device key, or a TPM-held factory key) for TLS."""
         replace_private_file(self._provider_conf, _CONFIGURATION)
         return TlsClientKey(
             TlsKeyKind.PROVIDER,
-            str(self.path),
+            str(path),
             openssl_conf=self._provider_conf,
             environment=self._environment(),
         )

@@ -95,7 +95,10 @@ def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes th
         Path | None, typer.Option(help="Factory (IDevID) certificate chain, PEM, to authenticate with.")
     ] = None,
     factory_key: Annotated[
-        Path | None, typer.Option(help="The factory certificate's key, PEM, mode 0600.")
+        Path | None,
+        typer.Option(
+            help="The factory certificate's key: a PEM file (0600), or a TPM-wrapped key (--key-store tpm)."
+        ),
     ] = None,
     key_store: Annotated[KeyStoreKind, typer.Option(help="Where the device key is created and kept.")] = (
         KeyStoreKind.FILE

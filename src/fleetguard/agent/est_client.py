@@ -10,7 +10,6 @@ certs-only PKCS#7 (RFC 7030 4.1.3, 4.2.3) or the reply is refused.
 from __future__ import annotations
 
 import base64
-import math
 
 from cryptography import x509
 
@@ -33,6 +32,7 @@ _PKCS7 = "application/pkcs7-mime"
 _PKCS10 = "application/pkcs10"
 _MAX_REASON = 300
 _MAX_RETRY_AFTER_S = 24 * 3600.0
+_MAX_RETRY_AFTER_DIGITS = 6  # 999999 s is over the day the delay is capped at
 
 
 def transport_for(settings: TlsSettings) -> EstTransport:
@@ -112,10 +112,14 @@ class EstClient:
 
 def parse_retry_after(value: str | None) -> float | None:
     """Return Retry-After delay-seconds (RFC 9110 10.2.3), at most a day; ``None`` if absent or a date."""
-    if value is None or not value.strip().isdigit():
+    digits = "" if value is None else value.strip()
+    # RFC 9110 10.2.3: 1*DIGIT, and RFC 5234's DIGIT is ASCII; str.isdigit() alone also takes "²" or "٣".
+    if not (digits.isascii() and digits.isdigit()):
         return None  # an HTTP-date is legal, but the fleet's server sends seconds; back off instead
-    seconds = float(int(value.strip()[:12]))
-    return min(seconds, _MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _MAX_RETRY_AFTER_DIGITS:
+        return _MAX_RETRY_AFTER_S  # and int() is not asked to parse thousands of digits
+    return min(float(digits), _MAX_RETRY_AFTER_S)
 
 
 def _reason(reply: EstReply) -> str:

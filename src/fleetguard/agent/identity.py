@@ -242,12 +242,16 @@ class RenewalLoop:
 
     def run(self) -> None:
         """Renew whenever due; return when stopped. Raises ``RenewalImpossible`` and ``KeyStoreError``."""
-        attempt = 0
+        attempt, retry_at = 0, None
         while True:
-            delay = (self._identity.next_renewal() - self._clock()).total_seconds()
+            due = self._identity.next_renewal()
+            if retry_at is not None:  # a backoff (or Retry-After) longer than max_sleep_s spans several waits
+                due = max(due, retry_at)
+            delay = (due - self._clock()).total_seconds()
             if delay <= 0:
                 delay = self._attempt(attempt)
                 attempt = 0 if delay == 0 else attempt + 1
+                retry_at = self._clock() + dt.timedelta(seconds=delay) if delay else None
             if self._wait(min(max(delay, 0.0), self._max_sleep_s)):
                 return
 

@@ -99,7 +99,7 @@ class AgentState:
             store = data.pop("key_store")
             store["kind"] = KeyStoreKind(store["kind"])
             return AgentConfig(key_store=KeyStoreConfig(**store), **data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON not an object
             raise AgentConfigInvalid(f"{self.config_path} is not a valid agent configuration: {exc}") from exc
 
     def save_config(self, config: AgentConfig) -> None:

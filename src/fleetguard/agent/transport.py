@@ -109,17 +109,33 @@ class EstTransport(Protocol):
 
 def parse_server_url(url: str) -> tuple[str, int]:
     """Return ``(host, port)`` of an ``https://host[:port]`` URL; raise ``AgentConfigInvalid`` otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise AgentConfigInvalid(
-            f"the EST server URL must be https://host[:port], not {url!r}",
-            hint="RFC 7030 3.2.2: the agent adds /.well-known/est/ itself",
-        )
     try:
-        port = parts.port or 443
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unbalanced IPv6 bracket
+        raise _not_host_and_port(url) from exc
+    # curl is handed the URL itself (transport_curl): a query, a fragment, user info or white space
+    # (which urlsplit drops silently) would change what it requests, so only host[:port] is taken.
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or any(character in "?#@" or not character.isprintable() or character.isspace() for character in url)
+    ):
+        raise _not_host_and_port(url)
+    try:
+        port = parts.port
     except ValueError as exc:
         raise AgentConfigInvalid(f"bad port in {url!r}") from exc
-    return parts.hostname, port
+    if port == 0:  # urlsplit allows 0, which no server listens on
+        raise AgentConfigInvalid(f"bad port in {url!r}")
+    return parts.hostname, port or 443
+
+
+def _not_host_and_port(url: str) -> AgentConfigInvalid:
+    return AgentConfigInvalid(
+        f"the EST server URL must be https://host[:port], not {url!r}",
+        hint="RFC 7030 3.2.2: the agent adds /.well-known/est/ itself",
+    )
 
 
 def est_path(operation: str) -> str:

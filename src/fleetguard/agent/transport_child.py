@@ -83,10 +83,17 @@ def _reply_from(completed: subprocess.CompletedProcess[bytes]) -> EstReply:
         if completed.returncode != 0 or "error" in answer:
             raise EstServerUnreachable(str(answer.get("error", "the TLS child process failed"))[:500])
         body = base64.b64decode(answer["body"], validate=True)
-        return EstReply(int(answer["status"]), answer["content_type"], answer["retry_after"], body)
+        headers = _optional_text(answer["content_type"]), _optional_text(answer["retry_after"])
+        return EstReply(int(answer["status"]), *headers, body)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         detail = completed.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise EstServerUnreachable(f"the TLS child process failed: {detail[0][:300]}") from exc
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"a header value is {type(value).__name__}, not a string")
 
 
 def _settings_to_json(settings: TlsSettings) -> dict[str, object]:

@@ -25,6 +25,7 @@ __all__ = ["CurlTransport"]
 
 _CURL = "/usr/bin/curl"
 _MAX_HEADER_BYTES = 64 * 1024
+_CURL_GRACE_S = 5.0  # beyond --max-time: curl's start and the engine's loading
 
 
 class CurlTransport:
@@ -42,14 +43,18 @@ class CurlTransport:
         """Send the request with curl; return the reply."""
         with tempfile.TemporaryDirectory(prefix="fleetguard-agent-") as work:
             header_file, body_file = Path(work, "headers"), Path(work, "body")
-            completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                self._argv(method, operation, headers, header_file, body_file, has_body=body is not None),
-                input=body or b"",
-                capture_output=True,
-                env=self._environment(),
-                timeout=self._settings.timeout_s + 5,
-                check=False,
-            )
+            deadline_s = self._settings.timeout_s + _CURL_GRACE_S
+            try:
+                completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                    self._argv(method, operation, headers, header_file, body_file, has_body=body is not None),
+                    input=body or b"",
+                    capture_output=True,
+                    env=self._environment(),
+                    timeout=deadline_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:  # e.g. an engine or token that never answers
+                raise EstServerUnreachable(f"curl did not finish within {deadline_s:g} s") from exc
             if completed.returncode != 0:
                 message = (
                     completed.stderr.decode(errors="replace").strip()[:300] or f"exit {completed.returncode}"

@@ -115,15 +115,16 @@ class DeviceIdentity:
         """Enroll with a token for ``device_id``, or with a factory credential; return the certificate."""
         if (token is None) == (factory is None):
             raise AgentConfigInvalid("enroll with either an enrollment token or a factory certificate")
+        # The factory key is checked before the device key is created, so a wrong option costs nothing.
+        settings = self._settings(
+            None if factory is None else factory.certificate,
+            None if factory is None else self._factory_key(Path(factory.key)),
+        )
         if not self._keys.exists():
             self._keys.create()
         key = self._keys.signing_key()
         subject = device_id or self._config.device_id or "fleetguard-device"
         csr = _request(key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        settings = self._settings(
-            None if factory is None else factory.certificate,
-            None if factory is None else self._factory_key(Path(factory.key)),
-        )
         client = EstClient(self._transport_factory(settings))
         issued = client.simpleenroll(csr, device_id=device_id, token=token)
         return self._accept(issued, key, client.cacerts())

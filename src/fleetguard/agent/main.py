@@ -155,7 +155,10 @@ def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes th
 
 @app.command("renew")
 def renew_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = False) -> None:
-    """Renew the certificate now (simplereenroll with the current certificate and the same key)."""
+    """Renew the certificate now (simplereenroll with the current certificate and the same key).
+
+    The key stays in the store chosen at enrollment (file, PKCS#11 token or TPM); the certificate changes.
+    """
     state = AgentState(state_dir)
     with _identity(state, state.load_config()) as identity:
         _print_certificate("renewed", identity, identity.renew(), as_json=as_json)
@@ -163,7 +166,11 @@ def renew_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = Fal
 
 @app.command("run")
 def run_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Keep the certificate renewed (at 2/3 of its life, with jitter; backing off on failure) till SIGTERM."""
+    """Keep the certificate renewed (at 2/3 of its life, with jitter; backing off on failure) till SIGTERM.
+
+    Uses the key store chosen at enrollment (file, PKCS#11 token or TPM). A revoked certificate, or one
+    expired beyond the server's grace window, stops the loop with exit status 1: enroll again.
+    """
     _log_to_stderr()
     state = AgentState(state_dir)
     stop = threading.Event()
@@ -176,7 +183,10 @@ def run_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
 @app.command("status")
 def status_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = False) -> None:
-    """Show the device id, the certificate's validity and renewal time, and where the key is."""
+    """Show the device id, the certificate's validity and renewal time, and where the key is.
+
+    The key store line names the file, the PKCS#11 token and label, or the TPM key file and TCTI.
+    """
     state = AgentState(state_dir)
     with _identity(state, state.load_config()) as identity:
         status = identity.status(dt.datetime.now(dt.UTC))

@@ -55,6 +55,11 @@ class CurlTransport:
                 )
             except subprocess.TimeoutExpired as exc:  # e.g. an engine or token that never answers
                 raise EstServerUnreachable(f"curl did not finish within {deadline_s:g} s") from exc
+            except OSError as exc:  # curl missing or not executable
+                raise AgentError(
+                    f"cannot run {self._curl}: {exc.strerror}",
+                    hint="a PKCS#11 key needs curl and libengine-pkcs11-openssl on the device",
+                ) from exc
             if completed.returncode != 0:
                 message = (
                     completed.stderr.decode(errors="replace").strip()[:300] or f"exit {completed.returncode}"

@@ -2,16 +2,24 @@
 
 SQLite is opened in WAL mode with foreign keys on and a busy timeout, and every transaction starts
 with ``BEGIN IMMEDIATE`` so that two writers queue for the lock instead of failing on upgrade (the
-event log's hash chain needs appends to be serialized). Read-only work uses :meth:`Database.reading`,
-which starts a plain deferred ``BEGIN``: in WAL mode readers never block writers, so a long
-``events verify`` or export does not stall the API's writes. Driver exceptions never leave this module:
-they become :mod:`fleetguard.store.errors` leaves that say what happened and what to do.
+event log's hash chain needs appends to be serialized). Within one process, writers first wait in a
+queue of their own, first come first served: in SQLite's busy handler a waiting writer sleeps and
+retries (1 ms, then up to 100 ms a try), so under many threads some waited seconds while others kept
+taking the lock, and a few ran out of ``busy_timeout``. A wait in the queue has the same bound,
+``busy_timeout``. Writers in other processes still meet the busy handler.
+
+Read-only work uses :meth:`Database.reading`, which starts a plain deferred ``BEGIN``: in WAL mode
+readers never block writers, so a long ``events verify`` or export does not stall the API's writes.
+Driver exceptions never leave this module: they become :mod:`fleetguard.store.errors` leaves that
+say what happened and what to do.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +39,13 @@ _READ_ONLY = "fleetguard_read_only"
 class Database:
     """An engine plus a session factory; use :meth:`transaction` for every unit of work."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, busy_timeout_ms: int = 5000) -> None:
         self.engine = engine
         self.read_engine = engine.execution_options(**{_READ_ONLY: True})
         self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+        # PostgreSQL locks rows, not the database: its writers need no queue.
+        self._writers = _WriterQueue(busy_timeout_ms / 1000) if engine.dialect.name == "sqlite" else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -51,7 +61,7 @@ class Database:
             DuplicateKey: a unique or foreign key constraint refused the change.
             StoreUnavailable: the database is locked, full or unreachable.
         """
-        with self._translated(self._sessions()) as session:
+        with self._writers or nullcontext(), self._translated(self._sessions()) as session:
             yield session
 
     @contextmanager
@@ -94,6 +104,56 @@ class Database:
         self.engine.dispose()
 
 
+class _WriterQueue:
+    """The in-process queue of SQLite writers, first come first served (see the module docstring).
+
+    The lock passes straight to the thread that has waited longest, so a thread that releases it
+    cannot take it back ahead of the others, and no writer waits behind more than the writers that
+    came before it. Reentrant: a nested write transaction fails on SQLite's own lock after
+    ``busy_timeout``, as it always did, rather than deadlocking here.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._mutex = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: deque[tuple[int, threading.Lock]] = deque()
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner in (None, me):
+                self._owner = me
+                self._depth += 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append((me, turn))
+        if turn.acquire(timeout=self._timeout_s):
+            return  # handed over by __exit__, which made this thread the owner
+        with self._mutex:
+            if self._owner == me:  # handed over as the wait timed out
+                return
+            self._waiting.remove((me, turn))
+        raise StoreUnavailable(
+            "database unavailable: database is locked (by a long write in this process)",
+            hint="retry; a large import or batch holds the write lock",
+        )
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            if not self._waiting:
+                self._owner = None
+                return
+            self._owner, turn = self._waiting.popleft()
+            self._depth = 1
+            turn.release()
+
+
 def open_database(url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> Database:
     """Open (and by default migrate to the newest schema) the database at ``url``.
 
@@ -101,7 +161,7 @@ def open_database(url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True
         StoreUnavailable: the database cannot be reached or migrated.
     """
     engine = _create_engine(url, busy_timeout_ms)
-    database = Database(engine)
+    database = Database(engine, busy_timeout_ms=busy_timeout_ms)
     if migrate:
         try:
             upgrade_schema(engine)

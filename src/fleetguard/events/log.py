@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetguard.errors import InvalidInput, NotFound
@@ -70,6 +70,19 @@ _STREAM_BATCH = 20_000
 _MAX_FINDINGS = 1000
 _MAX_PAGE = 10_000
 
+# The append statements are built once: every state change in the installation runs them, and
+# building a statement costs SQLAlchemy more than the database takes to run it. They go to the
+# session's connection (Core), which skips the ORM's execution layer.
+# FOR UPDATE serializes appenders on PostgreSQL; SQLite transactions start with BEGIN IMMEDIATE
+# (fleetguard.store.database), which serializes them there.
+_LOCK_HEAD = select(EventHeadRow.seq, EventHeadRow.hash).where(EventHeadRow.id == _HEAD_ID).with_for_update()
+_SET_HEAD = (
+    update(EventHeadRow)
+    .where(EventHeadRow.id == _HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT_ENTRY = insert(_EVENTS)
+
 _COLUMNS = (
     EventRow.seq,
     EventRow.time_us,
@@ -80,6 +93,13 @@ _COLUMNS = (
     EventRow.reason,
     EventRow.data,
     EventRow.hash,
+)
+# The relay reads the entries after its cursor after every burst of commits: built once, too.
+_FORWARD = (
+    select(*_COLUMNS)
+    .where(EventRow.seq > bindparam("after"))
+    .order_by(EventRow.seq)
+    .limit(bindparam("limit"))
 )
 
 
@@ -182,16 +202,14 @@ class EventLog:
                 )
             )  # fmt: skip
             prev = digest
-        session.connection().execute(insert(_EVENTS), [_row_values(entry, time_us) for entry in entries])
-        session.execute(update(EventHeadRow).where(EventHeadRow.id == _HEAD_ID).values(seq=seq, hash=prev))
+        connection = session.connection()
+        connection.execute(_INSERT_ENTRY, [_row_values(entry, time_us) for entry in entries])
+        connection.execute(_SET_HEAD, {"new_seq": seq, "new_hash": prev})
         return entries
 
     @staticmethod
     def _lock_head(session: Session) -> tuple[int, bytes]:
-        # FOR UPDATE serializes appenders on PostgreSQL; SQLite transactions start with
-        # BEGIN IMMEDIATE (fleetguard.store.database), which serializes them there.
-        query = select(EventHeadRow.seq, EventHeadRow.hash).where(EventHeadRow.id == _HEAD_ID)
-        row = session.execute(query.with_for_update()).one_or_none()
+        row = session.connection().execute(_LOCK_HEAD).one_or_none()
         if row is None:
             raise EventLogError("event log head row is missing; the schema was not migrated")
         return int(row.seq), bytes(row.hash)
@@ -215,6 +233,10 @@ class EventLog:
         """Return up to ``limit`` entries after ``after_seq`` (or before it when newest first)."""
         if not 1 <= limit <= _MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {_MAX_PAGE}")
+        if subject is None and action is None and not newest_first:  # the relay's query
+            with self._db.reading() as session:
+                rows = session.connection().execute(_FORWARD, {"after": after_seq, "limit": limit})
+                return [_entry(row) for row in rows]
         query = select(*_COLUMNS)
         if subject is not None:
             query = query.where(EventRow.subject == subject)

@@ -129,6 +129,8 @@ class EventRelay:
                     self._bus.publish(subject_for(entry, self._partitions), payload)
                 cursor = self._published = batch[-1].seq
                 published += len(batch)
+                if len(batch) < _BATCH:
+                    break  # that was all: spare the query that would say so
             if published and (self._thread is None or time.monotonic() - self._saved_at >= _SAVE_INTERVAL_S):
                 self._save(cursor)
                 self._saved_at = time.monotonic()

@@ -204,8 +204,8 @@ class EnrollmentService:
         try:
             current = self._current_certificate(request.client_chain)
             csr = _validated(request.csr)
-            certificate = x509.load_der_x509_certificate(current.der)
-            require_same_subject_and_key(certificate, csr, device_id=_device_of(current))
+            # The client certificate is the recorded one, byte for byte (_current_certificate).
+            require_same_subject_and_key(request.client_chain[0], csr, device_id=_device_of(current))
             return self._renew(current, csr, request, now)
         except EnrollmentError as exc:
             # A refused re-enrollment costs its source a token: see fleetguard.enroll.flood.
@@ -527,7 +527,7 @@ class EnrollmentService:
         device_id = _device_of(current)
         try:
             return self._pki.renew_device(
-                device_id, csr.der, serial=current.serial, actor=_actor(request.source), now=now
+                device_id, csr, serial=current.serial, actor=_actor(request.source), now=now, current=current
             )
         except RenewalThrottled as exc:
             retry_after_s = 1.0 if exc.retry_after_s is None else exc.retry_after_s

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, insert, or_, select, tuple_
+from sqlalchemy import Select, bindparam, func, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from fleetguard.errors import InvalidInput
@@ -47,6 +47,10 @@ _MAX_PAGE = 10_000
 _IMPORT_CHUNK = 5_000
 _IN_CHUNK = 500  # keeps IN lists under every backend's bound-parameter limit
 _DEVICES = Base.metadata.tables["devices"]
+# Built once: it runs on every certificate issuance and renewal (see Inventory.locked_state).
+_LOCKED_STATE = (
+    select(_DEVICES.c.state).where(_DEVICES.c.id == bindparam("device_id")).with_for_update(read=True)
+)
 _Q = TypeVar("_Q", bound=Select[Any])
 
 
@@ -101,6 +105,18 @@ class Inventory:
         """Return the device; raise :class:`DeviceNotFound` if there is none."""
         with self._db.reading() as session:
             return _device(self._row(session, device_id))
+
+    @staticmethod
+    def locked_state(session: Session, device_id: str) -> State | None:
+        """Return the device's state in the caller's transaction, or None if there is no such device.
+
+        The row stays share-locked until that transaction ends (``FOR SHARE`` on PostgreSQL; SQLite
+        serializes write transactions), so a transition cannot commit in between: a capability that
+        records something only a device in some states may have (a certificate) decides on the state
+        its own commit is ordered after.
+        """
+        state = session.connection().execute(_LOCKED_STATE, {"device_id": device_id}).scalar_one_or_none()
+        return None if state is None else State(state)
 
     def states(self, device_ids: Sequence[str]) -> dict[str, State]:
         """Return the lifecycle state of each of ``device_ids`` that exists (one query per 500 ids)."""

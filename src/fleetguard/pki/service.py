@@ -29,12 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import Row, bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from fleetguard.config import Settings
@@ -47,7 +48,7 @@ from fleetguard.inventory.lifecycle import State
 from fleetguard.inventory.service import Inventory, device_event_subject
 from fleetguard.pki.ca import CertificateAuthority, ChainFormat, create_issuing, create_root, export_chain
 from fleetguard.pki.crl import crl_url, distribution_point_url
-from fleetguard.pki.csr import validate_csr
+from fleetguard.pki.csr import ValidatedCsr, validate_csr
 from fleetguard.pki.errors import (
     CaNotInitialized,
     CertificateNotFound,
@@ -64,7 +65,7 @@ from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_
 from fleetguard.private_file import replace_private_file
 from fleetguard.store.database import Database
 from fleetguard.store.errors import DuplicateKey
-from fleetguard.store.models import AuthorityRow, CertificateRow
+from fleetguard.store.models import AuthorityRow, Base, CertificateRow
 from fleetguard.types import utc_now
 
 __all__ = [
@@ -82,6 +83,14 @@ _SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERIAL_ATTEMPTS = 3
 _AUTHORITY_RECHECK_S = 1.0
 _MAX_PAGE = 10_000
+_CERTIFICATES = Base.metadata.tables["pki_certificates"]
+# Built once: on the renewal and OCSP paths, building a statement costs more than running it.
+# Core rows, not ORM objects, for the same reason.
+_BY_SERIAL = select(_CERTIFICATES).where(_CERTIFICATES.c.serial == bindparam("serial"))
+_STATUS_FOR_UPDATE = (
+    select(_CERTIFICATES.c.status).where(_CERTIFICATES.c.serial == bindparam("serial")).with_for_update()
+)
+_INSERT_CERTIFICATE = insert(_CERTIFICATES)
 
 
 class CertificateStatus(enum.StrEnum):
@@ -324,9 +333,17 @@ class CertificateService:
         """
         moment = now or self._clock()
         request = validate_csr(csr)
-        device = self._inventory.get(device_id)
-        if device.state in (State.QUARANTINED, State.DECOMMISSIONED):
-            raise IssuanceRefused(f"device {device_id!r} is {device.state}: no certificate is issued")
+        self._require_issuable(device_id)
+        return self._issue_device(device_id, request, actor=actor, now=moment, renewed_from=renewed_from)
+
+    def _require_issuable(self, device_id: str) -> None:
+        """Raise ``DeviceNotFound``, or ``IssuanceRefused`` for a quarantined or decommissioned device."""
+        _require_issuable(device_id, self._inventory.states([device_id]).get(device_id))
+
+    def _issue_device(
+        self, device_id: str, request: ValidatedCsr, *, actor: str, now: dt.datetime, renewed_from: int | None
+    ) -> CertificateRecord:
+        """Sign, then record in one transaction that checks the device's state (see _record_issued)."""
         issuer_id, ca = self._issuing_now()
         profile = DeviceProfile(
             trust_domain=self._trust_domain,
@@ -336,13 +353,12 @@ class CertificateService:
         for _ in range(_SERIAL_ATTEMPTS):
             serial = self._serials()
             certificate = ca.issue_device_certificate(
-                profile, device_id=device_id, public_key=request.public_key, serial=serial, now=moment,
+                profile, device_id=device_id, public_key=request.public_key, serial=serial, now=now,
                 crl_url=distribution_point_url(self.ca_url(issuer_id), serial, self._settings.crl_partitions),
             )  # fmt: skip
+            record = self._issued_record(certificate, device_id, issuer_id, renewed_from=renewed_from)
             try:
-                record = self._record_issued(
-                    certificate, device_id, issuer_id, actor=actor, now=moment, renewed_from=renewed_from
-                )
+                self._record_issued(record, actor=actor, now=now)
             except DuplicateKey:
                 continue  # a serial collision: 2^-159 per pair, but the constraint decides, not hope
             self._committed()
@@ -395,21 +411,35 @@ class CertificateService:
         return records
 
     def renew_device(
-        self, device_id: str, csr: bytes, *, serial: int, actor: str, now: dt.datetime | None = None
+        self,
+        device_id: str,
+        csr: bytes | ValidatedCsr,
+        *,
+        serial: int,
+        actor: str,
+        now: dt.datetime | None = None,
+        current: CertificateRecord | None = None,
     ) -> CertificateRecord:
         """Renew the device's certificate ``serial`` (possibly expired within the grace window).
+
+        ``csr`` may be validated already (:func:`~fleetguard.pki.csr.validate_csr`) and ``current``
+        be the record of ``serial`` as the caller just read it, so that neither is checked twice.
+        The status of ``serial`` is read again in the transaction that records the renewal: a
+        revocation committed meanwhile still refuses it.
 
         Raises ``RenewalThrottled`` (503, Retry-After) when a rate limit is exhausted,
         ``RenewalRefused`` beyond the grace window, ``IssuanceRefused`` if ``serial`` is not the
         device's or is revoked, and as :meth:`issue_device`.
         """
         moment = now or self._clock()
-        validate_csr(csr)  # a malformed request costs no rate-limit token
-        current = self.certificate(serial)
+        # A malformed request costs no rate-limit token.
+        request = csr if isinstance(csr, ValidatedCsr) else validate_csr(csr)
+        if current is None or current.serial != serial:
+            current = self.certificate(serial)
         if current.device_id != device_id:
             raise IssuanceRefused(f"certificate {serial:x} does not belong to device {device_id!r}")
         if current.status is CertificateStatus.REVOKED:
-            raise IssuanceRefused(f"certificate {serial:x} is revoked: enrol the device again")
+            raise _revoked(serial)
         require_renewable(
             current.not_after, now=moment, grace=dt.timedelta(days=self._settings.renewal_grace_days)
         )
@@ -418,7 +448,7 @@ class CertificateService:
             raise RenewalThrottled(
                 f"renewal {admission.outcome}: too many renewals", retry_after_s=admission.retry_after_s
             )
-        return self.issue_device(device_id, csr, actor=actor, now=moment, renewed_from=serial)
+        return self._issue_device(device_id, request, actor=actor, now=moment, renewed_from=serial)
 
     def issue_server(
         self,
@@ -447,10 +477,9 @@ class CertificateService:
                 profile, dns_names=dns_names, ip_addresses=ip_addresses, public_key=key.public_key(),
                 serial=self._serials(), now=moment,
             )  # fmt: skip
+            record = self._issued_record(certificate, None, issuer_id, renewed_from=renewed_from)
             try:
-                record = self._record_issued(
-                    certificate, None, issuer_id, actor=actor, now=moment, renewed_from=renewed_from
-                )
+                self._record_issued(record, actor=actor, now=moment)
             except DuplicateKey:
                 continue
             self._write_server_files(name, key, certificate, ca)
@@ -510,22 +539,44 @@ class CertificateService:
         """Return when ``record`` should be renewed (2/3 of its life, jittered stably by serial)."""
         return renewal_time(record.not_before, record.not_after, rng=random.Random(record.serial))  # noqa: S311 - jitter, not secrecy
 
-    def _record_issued(
+    def _record_issued(self, record: CertificateRecord, *, actor: str, now: dt.datetime) -> None:
+        """Insert ``record`` and its event in one transaction, which first reads what it depends on.
+
+        A device certificate needs its device in an issuable state, and a renewal the certificate it
+        renews unrevoked, both as of this transaction: a quarantine or revocation that commits while
+        the certificate is signed refuses it (``IssuanceRefused``, ``DeviceNotFound``). Core
+        statements on the session's connection: on the renewal path the ORM's unit of work would
+        cost more than the rest of the transaction.
+        """
+        with self._db.transaction() as session:
+            if record.device_id is not None:
+                _require_issuable(record.device_id, self._inventory.locked_state(session, record.device_id))
+            connection = session.connection()
+            if record.renewed_from is not None:
+                status = connection.execute(_STATUS_FOR_UPDATE, {"serial": _hex(record.renewed_from)})
+                if status.scalar_one() == CertificateStatus.REVOKED.value:
+                    raise _revoked(record.renewed_from)
+            connection.execute(_INSERT_CERTIFICATE, _row_values(record, now))
+            self._log.append(session, _record_event(record, actor), now=now)
+
+    def _issued_record(
         self,
         certificate: x509.Certificate,
         device_id: str | None,
         issuer_id: str,
         *,
-        actor: str,
-        now: dt.datetime,
         renewed_from: int | None,
     ) -> CertificateRecord:
-        row = self._row(certificate, device_id, issuer_id, now=now, renewed_from=renewed_from)
-        with self._db.transaction() as session:
-            session.add(row)
-            session.flush()
-            self._log.append(session, _issued_event(row, actor, renewed=renewed_from is not None), now=now)
-            return _certificate(row)
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        serial = certificate.serial_number
+        return CertificateRecord(
+            serial=serial, device_id=device_id, profile="device" if device_id else "server",
+            subject=certificate.subject.rfc4514_string()[:512], issuer_id=issuer_id,
+            crl_partition=partition_of(serial, self._settings.crl_partitions),
+            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+            sha256=hashlib.sha256(der).digest(), status=CertificateStatus.VALID, revoked_at=None,
+            reason=None, renewed_from=renewed_from, der=der,
+        )  # fmt: skip
 
     def _row(
         self,
@@ -632,14 +683,16 @@ class CertificateService:
 
     def certificate(self, serial: int) -> CertificateRecord:
         """Return the record of ``serial``; raise ``CertificateNotFound``."""
-        with self._db.reading() as session:
-            return _certificate(_row(session, serial))
+        record = self.find_certificate(serial)
+        if record is None:
+            raise CertificateNotFound(f"no certificate with serial {serial:x} was issued here")
+        return record
 
     def find_certificate(self, serial: int) -> CertificateRecord | None:
         """Return the record of ``serial``, or None (for OCSP's "unknown")."""
         with self._db.reading() as session:
-            row = session.get(CertificateRow, _hex(serial))
-            return None if row is None else _certificate(row)
+            row = session.connection().execute(_BY_SERIAL, {"serial": _hex(serial)}).one_or_none()
+        return None if row is None else _certificate(row)
 
     def certificates(
         self,
@@ -736,6 +789,42 @@ def _issued_event(row: CertificateRow, actor: str, *, renewed: bool) -> NewEvent
     )
 
 
+def _record_event(record: CertificateRecord, actor: str) -> NewEvent:
+    serial = _hex(record.serial)
+    subject = device_event_subject(record.device_id) if record.device_id else f"certificate:{serial}"
+    data: dict[str, str | bool] = {
+        "serial": serial,
+        "not_after": record.not_after.isoformat(),
+        "sha256": record.sha256.hex(),
+    }
+    action = "cert.issued" if record.renewed_from is None else "cert.renewed"
+    return NewEvent(actor=actor, subject=subject, action=action, data=data)
+
+
+def _row_values(record: CertificateRecord, now: dt.datetime) -> dict[str, object]:
+    """Return the ``pki_certificates`` columns of ``record``, recorded at ``now``."""
+    return {
+        "serial": _hex(record.serial), "device_id": record.device_id, "profile": record.profile,
+        "subject": record.subject, "issuer_id": record.issuer_id, "crl_partition": record.crl_partition,
+        "not_before": record.not_before, "not_after": record.not_after, "sha256": record.sha256,
+        "status": record.status.value, "revoked_at": record.revoked_at,
+        "revocation_reason": None if record.reason is None else record.reason.value,
+        "renewed_from": None if record.renewed_from is None else _hex(record.renewed_from),
+        "der": record.der, "created_at": now,
+    }  # fmt: skip
+
+
+def _require_issuable(device_id: str, state: State | None) -> None:
+    if state is None:
+        raise DeviceNotFound(device_id)
+    if state in (State.QUARANTINED, State.DECOMMISSIONED):
+        raise IssuanceRefused(f"device {device_id!r} is {state}: no certificate is issued")
+
+
+def _revoked(serial: int) -> IssuanceRefused:
+    return IssuanceRefused(f"certificate {serial:x} is revoked: enrol the device again")
+
+
 def _hex(serial: int) -> str:
     # Fixed width so that text order is numeric order (paging by serial).
     return f"{serial:040x}"
@@ -763,7 +852,7 @@ def _authority(row: AuthorityRow) -> AuthorityRecord:
     return AuthorityRecord(row.id, row.role, row.status, x509.load_der_x509_certificate(row.der), row.key_ref)
 
 
-def _certificate(row: CertificateRow) -> CertificateRecord:
+def _certificate(row: CertificateRow | Row[Any]) -> CertificateRecord:
     return CertificateRecord(
         serial=int(row.serial, 16), device_id=row.device_id, profile=row.profile, subject=row.subject,
         issuer_id=row.issuer_id, crl_partition=row.crl_partition, not_before=row.not_before,

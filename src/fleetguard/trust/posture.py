@@ -1,0 +1,80 @@
+"""The fleet's firmware posture policy: a minimum version per device type and an end-of-life list.
+
+Cedar compares strings only for equality, so version ordering is decided here and handed to the
+policies as booleans (``posture.firmware_compliant``, ``posture.end_of_life``). Versions compare
+numerically component by component (``1.10.0 > 1.9.3``); a component with letters compares after
+the numeric ones of the same position, by text (``2.0.0 < 2.0.0rc1`` is false: ``rc`` sorts after
+nothing only when the numbers tie). An empty firmware version is never compliant when a minimum is set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fleetguard.trust.errors import TrustInputInvalid
+from fleetguard.trust.model import Posture
+
+__all__ = ["ANY_TYPE", "FirmwarePolicy", "compare_versions", "posture_of"]
+
+ANY_TYPE = "*"
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}$")
+_PART = re.compile(r"(\d+|[A-Za-z]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwarePolicy:
+    """Minimum firmware per device type (``*`` for any type) and versions at end of life.
+
+    An end-of-life entry is ``VERSION`` (any type) or ``TYPE@VERSION``.
+    """
+
+    minimum: Mapping[str, str] = field(default_factory=dict)
+    end_of_life: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for device_type, version in self.minimum.items():
+            _require_version(version, f"minimum for {device_type!r}")
+        for entry in self.end_of_life:
+            _require_version(entry.rpartition("@")[2], f"end-of-life entry {entry!r}")
+
+    def minimum_for(self, device_type: str) -> str | None:
+        """Return the minimum version for ``device_type`` (its own, else ``*``), or ``None``."""
+        return self.minimum.get(device_type) or self.minimum.get(ANY_TYPE)
+
+
+def posture_of(
+    policy: FirmwarePolicy,
+    device_type: str,
+    firmware_version: str,
+    *,
+    known_vulnerable: bool = False,
+    attestation_fresh: bool = False,
+) -> Posture:
+    """Return the device's posture under ``policy``."""
+    minimum = policy.minimum_for(device_type)
+    compliant = minimum is None or (
+        bool(firmware_version) and compare_versions(firmware_version, minimum) >= 0
+    )
+    end_of_life = (
+        firmware_version in policy.end_of_life or f"{device_type}@{firmware_version}" in policy.end_of_life
+    )
+    return Posture(firmware_version, compliant, end_of_life, known_vulnerable, attestation_fresh)
+
+
+def compare_versions(left: str, right: str) -> int:
+    """Return -1, 0 or 1 as ``left`` is older than, the same as, or newer than ``right``."""
+    a, b = _key(left), _key(right)
+    return (a > b) - (a < b)
+
+
+def _key(version: str) -> tuple[tuple[int, int, str], ...]:
+    parts = _PART.findall(version.lstrip("vV"))
+    # (0, n, "") for numbers, (1, 0, text) for words: at one position a word sorts after any number.
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts)
+
+
+def _require_version(version: str, what: str) -> None:
+    if not _VERSION.match(version):
+        raise TrustInputInvalid(f"{what}: {version!r} is not a version (1-64 of [0-9A-Za-z.+_~-])")

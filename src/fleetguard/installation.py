@@ -16,8 +16,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fleetguard.api.tokens import Role, TokenStore
 from fleetguard.config import Settings
+from fleetguard.enroll.batch import BatchService
 from fleetguard.enroll.service import EnrollmentService
 from fleetguard.errors import Conflict, FleetguardError, InvalidInput
 from fleetguard.events.bus import EventBus, open_bus
@@ -132,14 +135,22 @@ class Runtime:
         self.enroll = EnrollmentService(
             self.database, self.log, self.inventory, self.pki, settings, on_commit=self.relay.notify
         )
+        self.batches = BatchService(
+            self.database, self.log, self.inventory, self.pki,
+            trust_domain=self.installation.trust_domain, signing_key=self._signing_key,
+            on_commit=self.relay.notify,
+        )  # fmt: skip
 
     def _publish_revocation(self, record: CertificateRecord) -> None:
         self.revocation.revoked(record)
 
+    def _signing_key(self) -> Ed25519PrivateKey:
+        # Manufacturing batch manifests are signed with the checkpoint key (fleetguard.enroll.manifest).
+        return load_signing_key(self.settings.data_dir / SIGNING_KEY_FILE)
+
     def signer(self) -> CheckpointSigner:
         """Return the checkpoint signer (reads the key file; fails closed on a bad one)."""
-        key = load_signing_key(self.settings.data_dir / SIGNING_KEY_FILE)
-        return CheckpointSigner(key, self.installation.origin)
+        return CheckpointSigner(self._signing_key(), self.installation.origin)
 
     def close(self) -> None:
         """Stop the relay, close the key backends, the bus and the database."""

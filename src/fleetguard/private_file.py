@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["PrivateFileWriteFailed", "create_private_file", "replace_private_file"]
+__all__ = ["PrivateFileWriteFailed", "create_private_file", "open_private_file", "replace_private_file"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -35,6 +36,16 @@ def create_private_file(path: Path, data: bytes) -> None:
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise PrivateFileWriteFailed(exc.errno, exc.strerror) from exc
+
+
+def open_private_file(path: Path) -> BinaryIO:
+    """Create ``path`` with mode 0600 as :func:`create_private_file` does; return it open for writing.
+
+    For content written as a stream (a bundle of thousands of entries); the caller writes, fsyncs
+    and closes it, and removes it if writing fails. Raises ``FileExistsError`` if anything is at
+    ``path``, another ``OSError`` if it cannot be created.
+    """
+    return os.fdopen(os.open(path, _FLAGS, 0o600), "wb")
 
 
 def replace_private_file(path: Path, data: bytes) -> None:

@@ -40,6 +40,7 @@ from fleetguard.api.routers import (
     transfer,
 )
 from fleetguard.config import Settings
+from fleetguard.enroll import MAX_BATCH_INPUT_BYTES
 from fleetguard.installation import Runtime
 
 __all__ = ["api_routes", "create_app", "create_app_from_env"]
@@ -108,7 +109,10 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         default=settings.max_request_bytes,
-        routes={transfer.IMPORT_PATH: settings.max_import_bytes},
+        routes={
+            transfer.IMPORT_PATH: settings.max_import_bytes,
+            enroll.BATCHES_PATH: min(settings.max_import_bytes, MAX_BATCH_INPUT_BYTES),
+        },
     )
     app.add_middleware(UnhandledErrorGuard)
     app.add_middleware(HttpMetrics, metrics=app.state.metrics)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetguard.api.errors import Issue, MalformedJson, RequestInvalid
 from fleetguard.api.schemas import ProblemDetails
+from fleetguard.enroll.errors import BatchRejected
 from fleetguard.errors import FleetguardError
 from fleetguard.inventory.errors import DeviceNotFound, IllegalTransition, ImportRejected
 
@@ -52,6 +53,7 @@ _log = logging.getLogger(__name__)
 # Structured fields worth returning as extension members, by error class (most specific first).
 _EXTENSIONS: tuple[tuple[type[FleetguardError], tuple[str, ...]], ...] = (
     (ImportRejected, ("row", "reason")),
+    (BatchRejected, ("index", "origin", "reason")),
     (IllegalTransition, ("device_id", "state", "action")),
     (DeviceNotFound, ("device_id",)),
 )

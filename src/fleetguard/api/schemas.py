@@ -8,6 +8,7 @@ token secret, except :class:`TokenCreated`, once.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Annotated, Literal
 
@@ -16,13 +17,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from fleetguard.api.tokens import Role, TokenInfo
 from fleetguard.enroll import (
+    Batch,
+    BatchMode,
     EnrollmentRule,
     EnrollmentToken,
+    IssuedBatch,
     ManufacturerCa,
     ModelAttribute,
     QueuedRequest,
     RequestStatus,
     RuleMode,
+    StoredBatch,
     TokenStatus,
 )
 from fleetguard.events import checkpoint, log
@@ -36,6 +41,10 @@ from fleetguard.pki.service import AuthorityRecord, CertificateRecord, Certifica
 
 __all__ = [
     "Authority",
+    "BatchCertificate",
+    "BatchCreated",
+    "BatchDetail",
+    "BatchView",
     "CaCreation",
     "Certificate",
     "CertificatePage",
@@ -654,3 +663,88 @@ class Rejection(_Request):
     reason: Annotated[
         str, StringConstraints(min_length=1, max_length=4096), Field(description="Recorded in the event log.")
     ]
+
+
+class BatchView(_Response):
+    """A manufacturing batch as recorded: its devices were registered and issued certificates at once."""
+
+    id: str
+    model: str = Field(description="The device type of every device of the batch.")
+    mode: BatchMode = Field(description="`csr`: the line sent CSRs; `keygen`: the server made the keys.")
+    count: int
+    issuer_id: str = Field(description="The issuing CA that signed the batch's certificates.")
+    actor: str
+    created_at: dt.datetime
+    manifest_sha256: str = Field(description="SHA-256 of the manifest's bytes, hex, as in the event log.")
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchView:
+        """Return the API view of a batch."""
+        return cls(**_batch_fields(batch))
+
+
+class BatchDetail(BatchView):
+    """A batch with its signed manifest."""
+
+    manifest: str = Field(
+        description="The manifest exactly as signed: canonical JSON in ASCII (fleetguard-batch-manifest/1)."
+    )
+    signature: str = Field(
+        description="The detached Ed25519 signature over the manifest's bytes, raw 64 bytes in standard "
+        "base64, by the key `GET /v1/events/public-key` returns."
+    )
+
+    @classmethod
+    def of_stored(cls, stored: StoredBatch) -> BatchDetail:
+        """Return the API view of a recorded batch with its manifest."""
+        return cls(**_batch_fields(stored.batch), **_signed(stored.manifest, stored.signature))
+
+
+class BatchCertificate(BaseModel):
+    """The certificate one device of a batch was issued."""
+
+    device_id: str
+    serial: str = Field(description="Serial number, hex; the id in /v1/certificates/{serial}.")
+    sha256: str = Field(description="SHA-256 fingerprint of the DER certificate, hex.")
+    not_after: dt.datetime
+    pem: str = Field(description="The certificate alone; the CA chain is `chain_pem`.")
+
+
+class BatchCreated(BatchDetail):
+    """A batch just made: the manifest and every device's certificate, in batch order."""
+
+    chain_pem: str = Field(description="The issuing CA, then the root, PEM.")
+    certificates: list[BatchCertificate]
+
+    @classmethod
+    def of_issued(cls, issued: IssuedBatch) -> BatchCreated:
+        """Return the API view of a batch just made (CSR mode: it holds no key)."""
+        pem = serialization.Encoding.PEM
+        certificates = [
+            BatchCertificate(
+                device_id=device.device_id,
+                serial=_serial(device.certificate.serial_number),
+                sha256=device.certificate.fingerprint(hashes.SHA256()).hex(),
+                not_after=device.certificate.not_valid_after_utc,
+                pem=device.certificate.public_bytes(pem).decode("ascii"),
+            )
+            for device in issued.devices
+        ]
+        return cls(
+            **_batch_fields(issued.batch),
+            **_signed(issued.manifest, issued.signature),
+            chain_pem=b"".join(c.public_bytes(pem) for c in issued.chain).decode("ascii"),
+            certificates=certificates,
+        )
+
+
+def _batch_fields(batch: Batch) -> dict[str, object]:
+    return {
+        "id": batch.id, "model": batch.model, "mode": batch.mode, "count": batch.count,
+        "issuer_id": batch.issuer_id, "actor": batch.actor, "created_at": batch.created_at,
+        "manifest_sha256": batch.manifest_sha256.hex(),
+    }  # fmt: skip
+
+
+def _signed(manifest: bytes, signature: bytes) -> dict[str, str]:
+    return {"manifest": manifest.decode("ascii"), "signature": base64.b64encode(signature).decode("ascii")}

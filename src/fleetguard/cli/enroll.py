@@ -3,8 +3,9 @@
 Four groups, one per thing the enrollment service keeps: ``manufacturers`` (the CAs whose factory
 certificates are trusted), ``rules`` (zero-touch: enroll automatically or queue for approval),
 ``tokens`` (one-time tokens for devices without a factory certificate; the secret is shown once) and
-``requests`` (the approval queue). Approving a request issues the device's certificate, so it unlocks
-the CA key like ``certs issue``: passphrase from FLEETGUARD_CA_PASSPHRASE or ``--passphrase-file``.
+``requests`` (the approval queue); and ``batch``, manufacturing batches (:mod:`.enroll_batch`).
+Approving a request issues the device's certificate, so it unlocks the CA key like ``certs issue``:
+passphrase from FLEETGUARD_CA_PASSPHRASE or ``--passphrase-file``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives import serialization
 
+from fleetguard.cli import enroll_batch
 from fleetguard.cli.ca import PassphraseFile, signing_context
 from fleetguard.cli.context import cli_context, operator_actor
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG
@@ -40,7 +42,8 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="enroll",
-    help="Control first enrollment over EST: manufacturer CAs, zero-touch rules, one-time tokens, approvals.",
+    help="Control first enrollment over EST: manufacturer CAs, zero-touch rules, one-time tokens, approvals; "
+    "and manufacturing batches.",
     epilog=EXIT_STATUS_EPILOG,
     no_args_is_help=True,
 )
@@ -72,6 +75,7 @@ app.add_typer(manufacturers_app)
 app.add_typer(rules_app)
 app.add_typer(tokens_app)
 app.add_typer(requests_app)
+app.add_typer(enroll_batch.app)
 
 _MAX_TTL_HOURS = 30 * 24  # fleetguard.enroll.tokens.MAX_TOKEN_TTL
 _MAX_PAGE = 10_000

@@ -13,6 +13,7 @@ from fleetguard.errors import Conflict, FleetguardError, InvalidInput, NotFound,
 
 __all__ = [
     "BadEnrollmentRequest",
+    "BatchRejected",
     "EnrollmentConflict",
     "EnrollmentError",
     "EnrollmentInputRejected",
@@ -21,6 +22,7 @@ __all__ = [
     "EnrollmentThrottled",
     "EnrollmentUnauthenticated",
     "FactoryCertificateRefused",
+    "ManifestInvalid",
     "ReenrollRefused",
     "TokenRejected",
 ]
@@ -130,3 +132,35 @@ class EnrollmentInputRejected(InvalidInput, EnrollmentError):
     """An operator's input is malformed or out of range (a manufacturer name, a rule, a token lifetime)."""
 
     code = "enroll-input-rejected"
+
+
+class BatchRejected(EnrollmentInputRejected):
+    """A manufacturing batch was refused as a whole because of its input; nothing was recorded.
+
+    ``index`` is the 1-based position of the offending CSR (``item``; "device" in key-generation
+    mode) in the batch, ``None`` when the batch as a whole is at fault (its count, its model, its
+    size); ``origin`` names the file a CSR came from, when it came from one.
+    """
+
+    code = "enroll-batch-rejected"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        index: int | None = None,
+        origin: str | None = None,
+        item: str = "CSR",
+        hint: str | None = None,
+    ) -> None:
+        where = "" if index is None else f"{item} {index}{'' if origin is None else f' ({origin})'}: "
+        super().__init__(reason, message=f"batch rejected: {where}{reason}; nothing was recorded", hint=hint)
+        self.index = index
+        self.origin = origin
+
+
+class ManifestInvalid(EnrollmentError):
+    """A batch manifest is malformed, or its signature does not verify with the key given."""
+
+    status = 422
+    code = "enroll-manifest-invalid"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, func, insert, or_, select, tuple_
+from sqlalchemy import Select, bindparam, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from fleetguard.errors import InvalidInput
@@ -225,13 +225,7 @@ class Inventory:
             session.flush()
             self._log.append(
                 session,
-                NewEvent(
-                    actor=actor,
-                    subject=device_event_subject(row.id),
-                    action=f"device.{action}",
-                    reason=reason,
-                    data={"from": source.value, "to": target.value},
-                ),
+                _transition_event(row.id, action, source=source, target=target, actor=actor, reason=reason),
                 now=now,
             )
             device = _device(row)
@@ -262,25 +256,118 @@ class Inventory:
         now = self._clock()
         rows = [_new_values(spec, now) for spec in specs]
         _require_unique_within(rows)
-        total = len(rows)
         try:
             with self._db.transaction() as session:
                 _require_import_references(session, specs)
-                for start in range(0, total, _IMPORT_CHUNK):
-                    chunk = rows[start : start + _IMPORT_CHUNK]
-                    # Core insert: no ORM objects for bulk rows (the unique constraints still hold).
-                    session.connection().execute(insert(_DEVICES), chunk)
-                    events = [_registered_event(row, actor, reason) for row in chunk]
-                    self._log.append_many(session, events, now=now)
-                    if progress is not None:
-                        progress(start + len(chunk), total)
+                self._insert(session, rows, actor=actor, reason=reason, now=now, progress=progress)
         except DuplicateKey:
             # Rolled back: find the offending row only now, so the common case pays no lookups.
             with self._db.transaction() as session:
                 _require_unique_in_store(session, rows, first_row=1)
             raise
         self._committed()
-        return total
+        return len(rows)
+
+    def add_devices(
+        self,
+        session: Session,
+        specs: Sequence[DeviceSpec],
+        *,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Register every spec inside the caller's transaction, as :meth:`import_devices` does.
+
+        For a capability that records more in the same transaction (a manufacturing batch issues its
+        devices' certificates in it). The caller commits, then calls the relay (``on_commit``).
+
+        Raises:
+            ImportRejected: naming the first bad row (1-based), as :meth:`import_devices`; checked
+                against the store before anything is written, so the transaction stays usable.
+            DuplicateKey: another writer registered one of the devices meanwhile (PostgreSQL).
+        """
+        rows = [_new_values(spec, now) for spec in specs]
+        _require_unique_within(rows)
+        _require_import_references(session, specs)
+        _require_unique_in_store(session, rows, first_row=1)
+        self._insert(session, rows, actor=actor, reason=reason, now=now, progress=progress)
+
+    def transition_devices(
+        self,
+        session: Session,
+        device_ids: Sequence[str],
+        action: Action,
+        *,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+    ) -> None:
+        """Apply ``action`` to every device inside the caller's transaction, or to none.
+
+        One UPDATE per 500 devices and one event each (``device.<action>``), as :meth:`transition`
+        records it; the caller commits, then calls the relay (``on_commit``).
+
+        Raises:
+            DeviceNotFound: the first id the inventory does not hold.
+            IllegalTransition: the first device whose state does not allow ``action``.
+            ConcurrentUpdate: another writer changed a device's state between the read and the write.
+        """
+        events: list[NewEvent] = []
+        for start in range(0, len(device_ids), _IN_CHUNK):
+            chunk = device_ids[start : start + _IN_CHUNK]
+            query = select(DeviceRow.id, DeviceRow.state).where(DeviceRow.id.in_(chunk))
+            states = {row.id: row.state for row in session.execute(query)}
+            by_source: dict[State, list[str]] = {}
+            for device_id in chunk:
+                if device_id not in states:
+                    raise DeviceNotFound(device_id)
+                source = State(states[device_id])
+                if next_state(source, action) is None:
+                    raise IllegalTransition(
+                        device_id, source, action, [str(a) for a in allowed_actions(source)]
+                    )
+                by_source.setdefault(source, []).append(device_id)
+            for source, ids in by_source.items():
+                target = next_state(source, action)
+                assert target is not None
+                # Core update (a CursorResult with rowcount): no ORM objects, as for the inserts.
+                changed = session.connection().execute(
+                    update(_DEVICES)
+                    .where(_DEVICES.c.id.in_(ids), _DEVICES.c.state == source.value)
+                    .values(state=target.value, updated_at=now, version=_DEVICES.c.version + 1)
+                )
+                if changed.rowcount != len(ids):
+                    raise ConcurrentUpdate(
+                        f"{len(ids) - changed.rowcount} of the devices changed state meanwhile",
+                        hint="read them again and retry",
+                    )
+                events.extend(
+                    _transition_event(i, action, source=source, target=target, actor=actor, reason=reason)
+                    for i in ids
+                )
+        self._log.append_many(session, events, now=now)
+
+    def _insert(
+        self,
+        session: Session,
+        rows: list[dict[str, Any]],
+        *,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        total = len(rows)
+        for start in range(0, total, _IMPORT_CHUNK):
+            chunk = rows[start : start + _IMPORT_CHUNK]
+            # Core insert: no ORM objects for bulk rows (the unique constraints still hold).
+            session.connection().execute(insert(_DEVICES), chunk)
+            events = [_registered_event(row, actor, reason) for row in chunk]
+            self._log.append_many(session, events, now=now)
+            if progress is not None:
+                progress(start + len(chunk), total)
 
     # -- sites and device types --------------------------------------------------------------
 
@@ -410,6 +497,18 @@ def _registered_event(values: dict[str, Any], actor: str, reason: str) -> NewEve
             "manufacturer": values["manufacturer"],
             "to": State.REGISTERED.value,
         },
+    )
+
+
+def _transition_event(
+    device_id: str, action: Action, *, source: State, target: State, actor: str, reason: str
+) -> NewEvent:
+    return NewEvent(
+        actor=actor,
+        subject=device_event_subject(device_id),
+        action=f"device.{action}",
+        reason=reason,
+        data={"from": source.value, "to": target.value},
     )
 
 

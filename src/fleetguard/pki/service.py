@@ -48,7 +48,7 @@ from fleetguard.inventory.lifecycle import State
 from fleetguard.inventory.service import Inventory, device_event_subject
 from fleetguard.pki.ca import CertificateAuthority, ChainFormat, create_issuing, create_root, export_chain
 from fleetguard.pki.crl import crl_url, distribution_point_url
-from fleetguard.pki.csr import ValidatedCsr, validate_csr
+from fleetguard.pki.csr import CsrPublicKey, ValidatedCsr, validate_csr
 from fleetguard.pki.errors import (
     CaNotInitialized,
     CertificateNotFound,
@@ -75,6 +75,7 @@ __all__ = [
     "CertificateService",
     "CertificateStatus",
     "FleetView",
+    "SignedDevices",
 ]
 
 ROOT_ID = "root"
@@ -91,6 +92,7 @@ _STATUS_FOR_UPDATE = (
     select(_CERTIFICATES.c.status).where(_CERTIFICATES.c.serial == bindparam("serial")).with_for_update()
 )
 _INSERT_CERTIFICATE = insert(_CERTIFICATES)
+_PROGRESS_STEP = 1000
 
 
 class CertificateStatus(enum.StrEnum):
@@ -152,6 +154,21 @@ class CertificateRecord:
             reason=self.reason or RevocationReason.UNSPECIFIED,
             not_after=self.not_after,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDevices:
+    """Device certificates signed by one issuing CA but not recorded yet.
+
+    Nobody may see them before :meth:`CertificateService.record_devices` has recorded them: a
+    certificate that is not recorded cannot be revoked, and OCSP answers "unknown" for it.
+    ``chain`` is (issuing CA, root CA), what a relying party needs above each leaf.
+    """
+
+    issuer_id: str
+    chain: tuple[x509.Certificate, x509.Certificate]
+    certificates: tuple[tuple[str, x509.Certificate], ...]
+    issued_at: dt.datetime
 
 
 class CertificateService:
@@ -384,30 +401,64 @@ class CertificateService:
                 raise DeviceNotFound(device_id)
             if state in (State.QUARANTINED, State.DECOMMISSIONED):
                 raise IssuanceRefused(f"device {device_id!r} is {state}: no certificate is issued")
+        signed = self.sign_devices(keys, now=moment)
+        try:
+            with self._db.transaction() as session:
+                records = self.record_devices(session, signed, actor=actor)
+        except DuplicateKey:
+            return [self.issue_device(device_id, csr, actor=actor, now=moment) for device_id, csr in requests]
+        self._committed()
+        return records
+
+    def sign_devices(
+        self,
+        keys: Sequence[tuple[str, CsrPublicKey]],
+        *,
+        now: dt.datetime,
+        progress: Callable[[int], None] | None = None,
+    ) -> SignedDevices:
+        """Sign a certificate for each ``(device id, public key)`` with the issuing CA of now; record none.
+
+        The first half of :meth:`issue_devices`, for a caller that records the certificates in its
+        own transaction together with other rows (a manufacturing batch registers its devices in
+        it): pass the result to :meth:`record_devices`. The caller checks the devices; this only
+        signs. ``progress`` is called with the number signed so far every 1,000 certificates and at
+        the end. Raises ``CaNotInitialized``, ``ProfileInputRejected`` and ``KeyBackendError``.
+        """
         issuer_id, ca = self._issuing_now()
         profile = DeviceProfile(
             trust_domain=self._trust_domain,
             urls=self._urls(issuer_id),
             validity=dt.timedelta(days=self._settings.device_certificate_days),
         )
-        rows = []
-        for device_id, public_key in keys:
+        base = self.ca_url(issuer_id)
+        certificates = []
+        for done, (device_id, public_key) in enumerate(keys, start=1):
             serial = self._serials()
-            certificate = ca.issue_device_certificate(
-                profile, device_id=device_id, public_key=public_key, serial=serial, now=moment,
-                crl_url=distribution_point_url(self.ca_url(issuer_id), serial, self._settings.crl_partitions),
-            )  # fmt: skip
-            rows.append(self._row(certificate, device_id, issuer_id, now=moment, renewed_from=None))
-        try:
-            with self._db.transaction() as session:
-                session.add_all(rows)
-                session.flush()
-                events = [_issued_event(row, actor, renewed=False) for row in rows]
-                self._log.append_many(session, events, now=moment)
-                records = [_certificate(row) for row in rows]
-        except DuplicateKey:
-            return [self.issue_device(device_id, csr, actor=actor, now=moment) for device_id, csr in requests]
-        self._committed()
+            certificates.append((device_id, ca.issue_device_certificate(
+                profile, device_id=device_id, public_key=public_key, serial=serial, now=now,
+                crl_url=distribution_point_url(base, serial, self._settings.crl_partitions),
+            )))  # fmt: skip
+            if progress is not None and (done % _PROGRESS_STEP == 0 or done == len(keys)):
+                progress(done)
+        return SignedDevices(issuer_id, ca.chain(), tuple(certificates), now)
+
+    def record_devices(
+        self, session: Session, signed: SignedDevices, *, actor: str
+    ) -> list[CertificateRecord]:
+        """Record ``signed`` with one ``cert.issued`` event each, in the caller's transaction; return them.
+
+        The caller commits and then lets the relay publish. A serial taken already (2^-159 a pair)
+        raises ``DuplicateKey``, and the caller's transaction rolls back; sign again then.
+        """
+        records = [
+            self._issued_record(certificate, device_id, signed.issuer_id, renewed_from=None)
+            for device_id, certificate in signed.certificates
+        ]
+        # Core rows, as _record_issued writes them: ORM objects would cost more than the insert.
+        session.connection().execute(_INSERT_CERTIFICATE, [_row_values(r, signed.issued_at) for r in records])
+        events = [_record_event(record, actor) for record in records]
+        self._log.append_many(session, events, now=signed.issued_at)
         return records
 
     def renew_device(
@@ -576,27 +627,6 @@ class CertificateService:
             not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
             sha256=hashlib.sha256(der).digest(), status=CertificateStatus.VALID, revoked_at=None,
             reason=None, renewed_from=renewed_from, der=der,
-        )  # fmt: skip
-
-    def _row(
-        self,
-        certificate: x509.Certificate,
-        device_id: str | None,
-        issuer_id: str,
-        *,
-        now: dt.datetime,
-        renewed_from: int | None,
-    ) -> CertificateRow:
-        der = certificate.public_bytes(serialization.Encoding.DER)
-        serial = certificate.serial_number
-        return CertificateRow(
-            serial=_hex(serial), device_id=device_id, profile="device" if device_id else "server",
-            subject=certificate.subject.rfc4514_string()[:512], issuer_id=issuer_id,
-            crl_partition=partition_of(serial, self._settings.crl_partitions),
-            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-            sha256=hashlib.sha256(der).digest(), status=CertificateStatus.VALID.value, revoked_at=None,
-            revocation_reason=None, renewed_from=None if renewed_from is None else _hex(renewed_from),
-            der=der, created_at=now,
         )  # fmt: skip
 
     # -- revocation --------------------------------------------------------------------------
@@ -775,18 +805,6 @@ class CertificateService:
 
 def _addresses(names: x509.SubjectAlternativeName) -> list[IpAddress]:
     return [ip for ip in names.get_values_for_type(x509.IPAddress) if isinstance(ip, _ADDRESSES)]
-
-
-def _issued_event(row: CertificateRow, actor: str, *, renewed: bool) -> NewEvent:
-    subject = device_event_subject(row.device_id) if row.device_id else f"certificate:{row.serial}"
-    data: dict[str, str | bool] = {
-        "serial": row.serial,
-        "not_after": row.not_after.isoformat(),
-        "sha256": row.sha256.hex(),
-    }
-    return NewEvent(
-        actor=actor, subject=subject, action="cert.renewed" if renewed else "cert.issued", data=data
-    )
 
 
 def _record_event(record: CertificateRecord, actor: str) -> NewEvent:

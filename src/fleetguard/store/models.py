@@ -38,6 +38,7 @@ __all__ = [
     "CrlCounterRow",
     "DeviceRow",
     "DeviceTypeRow",
+    "EnrollmentBatchRow",
     "EnrollmentRequestRow",
     "EnrollmentRuleRow",
     "EnrollmentTokenRow",
@@ -318,3 +319,27 @@ class EnrollmentRequestRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
     certificate_serial: Mapped[str | None] = mapped_column(String(48), nullable=True)
+
+
+class EnrollmentBatchRow(Base):
+    """A manufacturing batch: its devices were registered and issued certificates in the same transaction.
+
+    The signed manifest (canonical JSON, :mod:`fleetguard.enroll.manifest`) and its detached Ed25519
+    signature are kept so that the batch can be shown and verified again; private keys never are.
+    """
+
+    __tablename__ = "enroll_batches"
+    __table_args__ = (Index("ix_enroll_batches_created", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_type_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("device_types.id", ondelete="RESTRICT")
+    )
+    mode: Mapped[str] = mapped_column(String(16))
+    count: Mapped[int] = mapped_column(Integer)
+    issuer_id: Mapped[str] = mapped_column(String(64), ForeignKey("pki_authorities.id", ondelete="RESTRICT"))
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    manifest_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from conftest import Api
 
 _PLACEHOLDERS = {
+    "batch_id": "no-such-batch",
     "ca_id": "no-such-ca",
     "device_id": "no-such-device",
     "manufacturer": "no-such-manufacturer",

@@ -312,6 +312,8 @@ def test_the_enroll_tree_is_complete() -> None:
         *(("enroll", "tokens", c) for c in ("create", "list", "revoke")),
         ("enroll", "requests"),
         *(("enroll", "requests", c) for c in ("list", "approve", "reject")),
+        ("enroll", "batch"),
+        *(("enroll", "batch", c) for c in ("list", "show", "verify")),
     }
 
 

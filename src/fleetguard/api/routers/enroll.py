@@ -1,5 +1,7 @@
 """The operator's controls over enrollment: manufacturer CAs, zero-touch rules, one-time tokens and
-the approval queue.
+the approval queue; and manufacturing batches (:mod:`fleetguard.enroll.batch`), CSR mode only: a
+key-generation batch puts private keys in a file, which is the CLI's job (``fleetguard enroll batch
+--generate-keys``), never an HTTP answer's.
 
 Devices themselves enroll over EST (:mod:`fleetguard.enroll.est`); these routes only decide who may.
 Every change is in the event log with the token as actor (see
@@ -10,30 +12,64 @@ when it is created, with ``Cache-Control: no-store``; listings never hold it.
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from fleetguard.api import schemas
 from fleetguard.api.auth import actor_of, require
 from fleetguard.api.context import RuntimeDep
+from fleetguard.api.errors import MalformedJson, UnsupportedMediaType
 from fleetguard.api.problems import problem_responses
 from fleetguard.api.tokens import Permission, TokenInfo
-from fleetguard.enroll import RequestStatus
+from fleetguard.enroll import (
+    MAX_BATCH_DEVICES,
+    BatchRejected,
+    CsrInput,
+    IssuedBatch,
+    RequestStatus,
+    split_pem_csrs,
+)
 from fleetguard.errors import InvalidInput
+from fleetguard.installation import Runtime
 from fleetguard.types import utc_now
 
-__all__ = ["router"]
+__all__ = ["BATCHES_PATH", "router"]
 
 _DEFAULT_PAGE = 100
 
 router = APIRouter(prefix="/v1/enroll", tags=["enroll"], responses=problem_responses(401, 403, 422, 503))
+
+BATCHES_PATH = f"{router.prefix}/batches"
+"""The path batches are posted to; its body limit is FLEETGUARD_MAX_IMPORT_BYTES, like device import."""
 
 _Reader = Annotated[TokenInfo, Depends(require(Permission.ENROLL_READ))]
 _Admin = Annotated[TokenInfo, Depends(require(Permission.ENROLL_ADMIN))]
 _Id = Annotated[str, Path(min_length=1, max_length=64)]
 _Manufacturer = Annotated[str, Path(min_length=1, max_length=64, description="The manufacturer's name.")]
 _Model = Annotated[str, Path(min_length=1, max_length=128, description="The device model, or `*`.")]
+_BatchId = Annotated[str, Path(min_length=1, max_length=36, description="The batch's id.")]
+
+
+class _CsrFormat(enum.StrEnum):
+    PEM = "application/x-pem-file"
+    JSON = "application/json"
+
+
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One CSR per device, in batch order; each CSR's subject CN is its device's id. "
+        "Either concatenated PEM CSRs (`application/x-pem-file`), or a JSON array of PEM strings.",
+        "content": {
+            _CsrFormat.PEM.value: {"schema": {"type": "string"}},
+            _CsrFormat.JSON.value: {"schema": {"type": "array", "items": {"type": "string"}}},
+        },
+    }
+}
 
 
 # -- manufacturer CAs ------------------------------------------------------------------------
@@ -218,6 +254,102 @@ def reject_request(
     """Reject a pending request with a reason; the same factory certificate is refused from then on."""
     rejected = runtime.enroll.reject(request_id, body.reason, actor=actor_of(token))
     return schemas.EnrollmentRequest.of(rejected)
+
+
+# -- manufacturing batches -------------------------------------------------------------------
+
+
+@router.post(
+    "/batches",
+    summary="Make a manufacturing batch (CSR mode)",
+    status_code=201,
+    openapi_extra=_BATCH_BODY,
+    responses=problem_responses(400, 409, 413, 415),
+)
+async def create_batch(
+    request: Request,
+    runtime: RuntimeDep,
+    token: _Admin,
+    response: Response,
+    *,
+    model: Annotated[
+        str, Query(min_length=1, max_length=128, description="The device type of every device.")
+    ],
+    count: Annotated[
+        int, Query(ge=1, le=MAX_BATCH_DEVICES, description="How many devices; must match the CSRs.")
+    ],
+) -> schemas.BatchCreated:
+    """Register one device of type `model` per CSR, issue every certificate and sign the batch's
+    manifest, all in one transaction; answer 201 with the manifest, its signature and the certificates.
+
+    All or nothing: a CSR that is malformed, weakly keyed, names no valid device id in its CN, repeats
+    another's id or key, or names a registered device is a 422 naming it (`index`, 1-based), as is a
+    count that does not match or an unknown device type; nothing is recorded then. Key generation is
+    CLI-only (`fleetguard enroll batch --generate-keys`): private keys never travel in an answer.
+    """
+    kind = _csr_format(request.headers.get("content-type", ""))
+    data = await request.body()
+    actor = actor_of(token)
+    issued = await run_in_threadpool(
+        _create_batch, runtime, kind, data, model=model, count=count, actor=actor
+    )
+    response.headers["Location"] = f"{BATCHES_PATH}/{issued.batch.id}"
+    return schemas.BatchCreated.of_issued(issued)
+
+
+@router.get("/batches", summary="List manufacturing batches")
+def list_batches(
+    runtime: RuntimeDep,
+    _token: _Reader,
+    limit: Annotated[int | None, Query(ge=1, description="Page size; at most the configured max.")] = None,
+    after: Annotated[
+        str | None, Query(min_length=1, max_length=36, description="The last id of the previous page.")
+    ] = None,
+) -> list[schemas.BatchView]:
+    """Return one page of batches, oldest first (without their manifests)."""
+    size = _page_size(limit, runtime.settings.max_page_size)
+    return [schemas.BatchView.of(batch) for batch in runtime.batches.batches(limit=size, after=after)]
+
+
+@router.get("/batches/{batch_id}", summary="Get a manufacturing batch", responses=problem_responses(404))
+def get_batch(batch_id: _BatchId, runtime: RuntimeDep, _token: _Reader) -> schemas.BatchDetail:
+    """Return the batch with its manifest exactly as signed and the detached Ed25519 signature, which
+    verifies with the key `GET /v1/events/public-key` returns."""
+    return schemas.BatchDetail.of_stored(runtime.batches.batch(batch_id))
+
+
+def _create_batch(
+    runtime: Runtime, kind: _CsrFormat, data: bytes, *, model: str, count: int, actor: str
+) -> IssuedBatch:
+    csrs = split_pem_csrs(data) if kind is _CsrFormat.PEM else _json_csrs(data)
+    return runtime.batches.create_from_csrs(model, count, csrs, actor=actor)
+
+
+def _json_csrs(data: bytes) -> list[CsrInput]:
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise MalformedJson("the body is not JSON", hint="send a JSON array of PEM CSR strings") from exc
+    if not isinstance(document, list) or not all(isinstance(item, str) for item in document):
+        raise BatchRejected("a JSON body is an array of PEM CSR strings, one per device")
+    csrs = []
+    for number, item in enumerate(document, start=1):
+        blocks = split_pem_csrs(item.encode())
+        if len(blocks) != 1:
+            raise BatchRejected(f"the string holds {len(blocks)} PEM CSRs, not one", index=number)
+        csrs.append(blocks[0])
+    return csrs
+
+
+def _csr_format(content_type: str) -> _CsrFormat:
+    media_type = content_type.partition(";")[0].strip().lower()
+    for kind in _CsrFormat:
+        if media_type == kind.value:
+            return kind
+    raise UnsupportedMediaType(
+        f"cannot read CSRs from {media_type or 'a body without a Content-Type'}",
+        hint="send Content-Type: application/x-pem-file (concatenated PEM) or application/json",
+    )
 
 
 def _page_size(limit: int | None, maximum: int) -> int:

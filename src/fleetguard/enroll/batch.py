@@ -27,7 +27,7 @@ no "in progress" state to resume or clean up, and a failure anywhere leaves the 
 crash before the commit leaves at most a hidden temporary bundle beside the target
 (``.<name>.<random>.tmp``) for a batch that does not exist: its certificates were never recorded, and
 it should be deleted. The CPU work (CSR checks, signing, PKCS#12) is done before the transaction, so
-the write lock is held only for the inserts, about a second for 10,000 devices; a batch of 100,000
+the write lock is held only for the inserts, about two seconds for 10,000 devices; a batch of 100,000
 holds it about ten times as long, and other writers wait for it (the SQLite busy timeout, or the
 event-log head row on PostgreSQL): make very large batches when the fleet is quiet, or split them.
 """

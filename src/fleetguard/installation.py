@@ -32,7 +32,8 @@ from fleetguard.inventory.service import Inventory
 from fleetguard.pki.publication import RevocationPublisher
 from fleetguard.pki.service import CertificateRecord, CertificateService
 from fleetguard.store.database import Database, open_database
-from fleetguard.types import parse_utc
+from fleetguard.trust.service import TrustService
+from fleetguard.types import parse_utc, utc_now
 
 __all__ = ["Installation", "NotInitialized", "Runtime", "initialize"]
 
@@ -140,6 +141,9 @@ class Runtime:
             trust_domain=self.installation.trust_domain, signing_key=self._signing_key,
             on_commit=self.relay.notify,
         )  # fmt: skip
+        self.trust = TrustService(
+            self.database, self.log, self.inventory, self.pki, clock=utc_now, on_commit=self.relay.notify
+        )
 
     def _publish_revocation(self, record: CertificateRecord) -> None:
         self.revocation.revoked(record)

@@ -75,6 +75,7 @@ __all__ = [
     "CertificateService",
     "CertificateStatus",
     "FleetView",
+    "IdentityStatus",
     "SignedDevices",
 ]
 
@@ -102,6 +103,9 @@ class CertificateStatus(enum.StrEnum):
     REVOKED = "revoked"
 
 
+_IN_CHUNK = 500  # ids per IN (...) query: well under SQLite's and PostgreSQL's parameter limits
+
+
 class FleetView(enum.StrEnum):
     """The fleet-wide certificate listings."""
 
@@ -109,6 +113,14 @@ class FleetView(enum.StrEnum):
     EXPIRING = "expiring"
     EXPIRED = "expired"
     REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityStatus:
+    """Whether a device holds a usable certificate, and whether its certificates were revoked."""
+
+    certificate_valid: bool
+    revoked: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,6 +668,36 @@ class CertificateService:
         if self._on_revoked is not None:
             self._on_revoked(record)
         return record
+
+    def identity_status(self, device_ids: Sequence[str], *, now: dt.datetime) -> dict[str, IdentityStatus]:
+        """Return, for each of ``device_ids`` with any certificate, whether it holds a usable one.
+
+        ``certificate_valid``: a certificate that is neither revoked nor expired at ``now``;
+        ``revoked``: a revoked certificate and no usable one (the trust capability's identity input).
+        """
+        status: dict[str, IdentityStatus] = {}
+        for start in range(0, len(device_ids), _IN_CHUNK):
+            chunk = list(device_ids[start : start + _IN_CHUNK])
+            with self._db.reading() as session:
+                rows = session.execute(
+                    select(CertificateRow.device_id, CertificateRow.status, CertificateRow.not_after).where(
+                        CertificateRow.device_id.in_(chunk)
+                    )
+                ).all()
+            usable: set[str] = set()
+            revoked: set[str] = set()
+            for device_id, cert_status, not_after in rows:
+                if device_id is None:
+                    continue
+                if cert_status == CertificateStatus.REVOKED.value:
+                    revoked.add(device_id)
+                elif not_after > now:
+                    usable.add(device_id)
+            for device_id in usable | revoked:
+                status[device_id] = IdentityStatus(
+                    device_id in usable, device_id in revoked and device_id not in usable
+                )
+        return status
 
     def revoke_device(
         self, device_id: str, reason: RevocationReason, *, actor: str, now: dt.datetime | None = None

@@ -37,7 +37,9 @@ __all__ = [
     "CheckpointRow",
     "CrlCounterRow",
     "DeviceRow",
+    "DeviceSignalRow",
     "DeviceTypeRow",
+    "EnforcementRow",
     "EnrollmentBatchRow",
     "EnrollmentRequestRow",
     "EnrollmentRuleRow",
@@ -45,6 +47,7 @@ __all__ = [
     "EventHeadRow",
     "EventRow",
     "ManufacturerCaRow",
+    "PolicySetRow",
     "SiteRow",
     "UtcDateTime",
 ]
@@ -343,3 +346,59 @@ class EnrollmentBatchRow(Base):
     manifest_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     manifest: Mapped[bytes] = mapped_column(LargeBinary)
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class PolicySetRow(Base):
+    """One version of the fleet's access policy: Cedar text and the firmware posture policy.
+
+    The newest version is in force. Versions are never changed; applying an older one adds a version.
+    """
+
+    __tablename__ = "trust_policy_sets"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64))
+    firmware_minimum: Mapped[dict[str, str]] = mapped_column(JSON)
+    end_of_life: Mapped[list[str]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class DeviceSignalRow(Base):
+    """Inputs of trust decisions that other capabilities report about a device.
+
+    ``risk`` (0-100) comes from monitoring; ``known_vulnerable`` from firmware analysis;
+    ``attested_at`` from attestation.
+    """
+
+    __tablename__ = "trust_device_signals"
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    risk: Mapped[int] = mapped_column(Integer, default=0)
+    known_vulnerable: Mapped[bool] = mapped_column(Boolean, default=False)
+    attested_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class EnforcementRow(Base):
+    """What the enforcement points should hold for a device, and whether they confirmed it.
+
+    ``status``: ``enforced`` (verified), ``pending`` (not yet tried) or ``failed`` (retried at
+    ``next_attempt_at``; reported, never counted as done).
+    """
+
+    __tablename__ = "trust_enforcement"
+    __table_args__ = (Index("ix_trust_enforcement_due", "status", "next_attempt_at"),)
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    desired: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired_digest: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 import cedarpy
 
-from fleetguard.trust.errors import TrustError
+from fleetguard.trust.errors import TrustError, TrustInputInvalid
 from fleetguard.trust.model import (
     Action,
     Decision,
@@ -41,6 +41,14 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 _NS = "Fleet::"
 _BROKER = Resource(ResourceKind.BROKER, "mqtt")
+_TOPICS = frozenset({ResourceKind.DEVICE_TOPIC, ResourceKind.TYPE_TOPIC})
+# The schema's `appliesTo`: a request outside it is malformed (a policy with an unconstrained resource,
+# such as the default `connect` permit, would otherwise allow `connect` on a topic space).
+_APPLIES_TO = {
+    Action.CONNECT: frozenset({ResourceKind.BROKER}),
+    Action.PUBLISH: _TOPICS,
+    Action.SUBSCRIBE: _TOPICS,
+}
 
 
 def device_topic(device_id: str) -> Resource:
@@ -92,34 +100,40 @@ class PolicyDecisionPoint:
     def __init__(
         self, policies: PolicySet, *, cache_size: int = 100_000, entity_cache_size: int = 10_000
     ) -> None:
-        self._policies = policies
+        self._current = (policies, _forbid_ids(policies))  # swapped as one: a set and its forbids
         self._decisions: _Lru[tuple[str, DeviceFacts, Action, Resource, RequestContext], Decision] = _Lru(
             cache_size
         )
         self._entities: _Lru[DeviceFacts, cedarpy.Entities] = _Lru(entity_cache_size)
-        self._forbids = _forbid_ids(policies)
 
     @property
     def policies(self) -> PolicySet:
         """Return the policy set in force."""
-        return self._policies
+        return self._current[0]
 
     def use(self, policies: PolicySet) -> None:
         """Decide with ``policies`` from now on (cached decisions of the old set are not used)."""
-        self._policies = policies
-        self._forbids = _forbid_ids(policies)
+        self._current = (policies, _forbid_ids(policies))
         self._decisions.clear()
 
     def decide(
         self, facts: DeviceFacts, action: Action, resource: Resource, context: RequestContext
     ) -> Decision:
-        """Return the decision for ``facts``' device doing ``action`` on ``resource``."""
-        policies = self._policies
-        key = (policies.digest, facts, action, resource, context)
+        """Return the decision for ``facts``' device doing ``action`` on ``resource``.
+
+        Raises ``TrustInputInvalid`` for a request the schema does not allow (``connect`` on a topic
+        space, ``publish`` on the broker) or facts Cedar cannot read, and ``TrustError`` if Cedar fails.
+        """
+        if resource.kind not in _APPLIES_TO[action]:
+            raise TrustInputInvalid(
+                f"{action.value} does not apply to a {resource.kind.value} ({resource.name!r})"
+            )
+        current = self._current
+        key = (current[0].digest, facts, action, resource, context)
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
-        decision = self._evaluate(policies, facts, action, resource, context)
+        decision = self._evaluate(current, facts, action, resource, context)
         self._decisions.put(key, decision)
         return decision
 
@@ -134,16 +148,22 @@ class PolicyDecisionPoint:
 
     def _evaluate(
         self,
-        policies: PolicySet,
+        current: tuple[PolicySet, frozenset[str]],
         facts: DeviceFacts,
         action: Action,
         resource: Resource,
         context: RequestContext,
     ) -> Decision:
-        if resource not in candidate_resources(facts) and resource.kind is not ResourceKind.BROKER:
-            entities = cedarpy.Entities.from_json_str(json.dumps(_entities(facts, (resource,))))
-        else:
-            entities = self._device_entities(facts)
+        policies, forbids = current
+        try:
+            if resource not in candidate_resources(facts) and resource.kind is not ResourceKind.BROKER:
+                entities = cedarpy.Entities.from_json_str(json.dumps(_entities(facts, (resource,))))
+            else:
+                entities = self._device_entities(facts)
+        except ValueError as exc:  # e.g. a risk outside Cedar's 64-bit Long
+            raise TrustInputInvalid(
+                f"device {facts.device_id!r}: Cedar cannot read its facts: {exc}"
+            ) from exc
         request = {
             "principal": {"type": f"{_NS}Device", "id": facts.device_id},
             "action": {"type": f"{_NS}Action", "id": action.value},
@@ -157,7 +177,7 @@ class PolicyDecisionPoint:
         reasons = tuple(policies.policy_id(reason) for reason in result.diagnostics.reasons)
         errors = tuple(str(error) for error in result.diagnostics.errors)
         outcome = Outcome.ALLOW if result.allowed else Outcome.DENY
-        if outcome is Outcome.ALLOW and any(_failed_policy(error) in self._forbids for error in errors):
+        if outcome is Outcome.ALLOW and any(_failed_policy(error) in forbids for error in errors):
             outcome, reasons = Outcome.DENY, ()  # a forbid that could not be evaluated might have applied
         return Decision(outcome, reasons, errors, facts, action, resource, context, policies.digest)
 
@@ -170,9 +190,10 @@ class PolicyDecisionPoint:
 
 
 def _forbid_ids(policies: PolicySet) -> frozenset[str]:
-    return frozenset(
-        f"policy{i}" for i, text in enumerate(policies.statements) if text.lstrip().startswith("forbid")
-    )
+    # Cedar's own parse says which policies are forbids: a scan of the text can be misled by annotations
+    # (`@id("x") forbid` on one line, an annotation value holding a line that starts with `permit`).
+    static = policies.handle.to_pst().static_policies
+    return frozenset(cedar_id for cedar_id, policy in static.items() if policy.effect == "forbid")
 
 
 def _failed_policy(error: str) -> str:

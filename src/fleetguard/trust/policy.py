@@ -28,6 +28,7 @@ from fleetguard.trust.source import (
     line_column,
     locate_failure,
     locate_name,
+    locate_start,
     split_statements,
 )
 
@@ -63,12 +64,13 @@ def parse_policy_set(text: str) -> PolicySet:
     if len(text.encode()) > MAX_POLICY_BYTES:
         raise PolicyInvalid(f"the policy set is larger than {MAX_POLICY_BYTES} bytes", line=1, column=1)
     if "\x00" in text:
-        raise PolicyInvalid("the policy set contains a NUL character", line=1, column=1)
+        line, column = line_column(text, text.index("\x00"))
+        raise PolicyInvalid("the policy set contains a NUL character", line=line, column=column)
     statements = split_statements(text)
     if not statements:
         raise PolicySetEmpty()
     if len(statements) > MAX_POLICIES:
-        line, column = line_column(text, statements[MAX_POLICIES].start)
+        line, column = line_column(text, locate_start(statements[MAX_POLICIES]))
         raise PolicyInvalid(f"more than {MAX_POLICIES} policies", line=line, column=column)
     ids = tuple(_checked_id(text, statement, index) for index, statement in enumerate(statements))
     _require_unique(text, statements, ids)
@@ -94,9 +96,12 @@ def _checked_id(text: str, statement: Statement, index: int) -> str:
         )
         raise PolicyInvalid(f'policy {index + 1} has no @id("...") annotation', line=line, column=column)
     policy_id, offset = found
-    if not policy_id or len(policy_id) > _MAX_ID or not policy_id.isprintable():
+    # Cedar decodes escapes (`\u{41}` is `A`): an id with one could repeat another id unnoticed.
+    if not policy_id or len(policy_id) > _MAX_ID or not policy_id.isprintable() or "\\" in policy_id:
         line, column = line_column(text, offset)
-        raise PolicyInvalid(f"a policy id must be 1-{_MAX_ID} printable characters", line=line, column=column)
+        raise PolicyInvalid(
+            f"a policy id must be 1-{_MAX_ID} printable characters, without escapes", line=line, column=column
+        )
     return policy_id
 
 
@@ -114,16 +119,25 @@ def _require_valid(text: str, statements: list[Statement], ids: tuple[str, ...])
     result = cedarpy.validate_policies(text, cedar_schema())
     if result.validation_passed:
         return
-    error = result.errors[0]
+    if not result.errors:
+        raise PolicyInvalid("the policy set does not validate against the schema", line=1, column=1)
+    # Cedar lists its errors in no fixed order: report the first policy's, the one that names what is
+    # wrong first (`unrecognized action` rather than `unable to find an applicable action`), every run.
+    index, _, offset, message = min(_placed(error, statements) for error in result.errors)
+    line, column = line_column(text, offset)
+    raise PolicyInvalid(message, line=line, column=column, policy_id=ids[index] if index < len(ids) else None)
+
+
+def _placed(error: cedarpy.ValidationError, statements: list[Statement]) -> tuple[int, bool, int, str]:
+    """Return a validation error's sort key: policy index, names nothing, source offset, message."""
     index = _index_of(error.policy_id, len(statements))
-    statement = statements[index] if index is not None else statements[0]
+    statement = statements[0 if index is None else index]
     named = _NAMED.search(error.error)
-    offset = statement.start
+    offset = locate_start(statement)
     if named is not None:
         offset = locate_name(statement, named.group(1).split("::")[-1].strip('"'))
-    line, column = line_column(text, offset)
-    message = _FOR_POLICY.sub("", error.error)
-    raise PolicyInvalid(message, line=line, column=column, policy_id=None if index is None else ids[index])
+    order = len(statements) if index is None else index
+    return order, named is None, offset, _FOR_POLICY.sub("", error.error)
 
 
 def _without_annotations(text: str) -> str:

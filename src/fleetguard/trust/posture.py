@@ -2,9 +2,14 @@
 
 Cedar compares strings only for equality, so version ordering is decided here and handed to the
 policies as booleans (``posture.firmware_compliant``, ``posture.end_of_life``). Versions compare
-numerically component by component (``1.10.0 > 1.9.3``); a component with letters compares after
-the numeric ones of the same position, by text (``2.0.0 < 2.0.0rc1`` is false: ``rc`` sorts after
-nothing only when the numbers tie). An empty firmware version is never compliant when a minimum is set.
+numerically component by component (``1.10.0 > 1.9.3``, ``v1.2 == 1.2``); a component with letters
+compares after the numeric ones of the same position, by text, and a version that ends sorts before
+one that goes on (``1.2 < 1.2.0``, ``2.0.0 < 2.0.0rc1``).
+
+Fail closed: a firmware version that is empty, not a version, or of another scheme than the minimum
+(``unknown`` against ``2.0``: a word against a number) is never compliant when a minimum is set. A
+version is at end of life when it equals an entry as versions compare (``v1.0`` is ``1.0``), so a
+device that spells its version differently is still caught.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from fleetguard.trust.model import Posture
 __all__ = ["ANY_TYPE", "FirmwarePolicy", "compare_versions", "posture_of"]
 
 ANY_TYPE = "*"
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}$")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}")  # whole string: `$` would pass a final \n
 _PART = re.compile(r"(\d+|[A-Za-z]+)")
 
 
@@ -54,12 +59,8 @@ def posture_of(
 ) -> Posture:
     """Return the device's posture under ``policy``."""
     minimum = policy.minimum_for(device_type)
-    compliant = minimum is None or (
-        bool(firmware_version) and compare_versions(firmware_version, minimum) >= 0
-    )
-    end_of_life = (
-        firmware_version in policy.end_of_life or f"{device_type}@{firmware_version}" in policy.end_of_life
-    )
+    compliant = minimum is None or _meets(firmware_version, minimum)
+    end_of_life = any(_is_entry_for(entry, device_type, firmware_version) for entry in policy.end_of_life)
     return Posture(firmware_version, compliant, end_of_life, known_vulnerable, attestation_fresh)
 
 
@@ -75,6 +76,20 @@ def _key(version: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts)
 
 
+def _meets(version: str, minimum: str) -> bool:
+    """Return whether ``version`` is a version of the minimum's scheme and at least ``minimum``."""
+    have, need = _key(version), _key(minimum)
+    return (
+        _VERSION.fullmatch(version) is not None and bool(have) and have[0][0] == need[0][0] and have >= need
+    )
+
+
+def _is_entry_for(entry: str, device_type: str, version: str) -> bool:
+    """Return whether the end-of-life ``entry`` (``VERSION`` or ``TYPE@VERSION``) names this version."""
+    entry_type, at, entry_version = entry.rpartition("@")
+    return (not at or entry_type == device_type) and compare_versions(version, entry_version) == 0
+
+
 def _require_version(version: str, what: str) -> None:
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version) or not _key(version):
         raise TrustInputInvalid(f"{what}: {version!r} is not a version (1-64 of [0-9A-Za-z.+_~-])")

@@ -3,13 +3,16 @@
 cedarpy reports a parse error as a message ("unexpected token `}`") and a validation error by a
 generated policy id ("policy3"), neither with a position. An operator needs line and column, so:
 
-* the text is split into statements at top-level ``;`` (outside strings and ``//`` comments), each
-  with its offset, and each statement is parsed on its own: the first that fails is the culprit;
+* the text is split into statements at top-level ``;`` (outside strings and ``//`` comments, which end
+  at ``\n`` or ``\r`` as in Cedar's lexer), each with its offset, and each statement is parsed on its
+  own: the first that fails is the culprit;
 * inside it, the offending token is found by bisection on the statement's prefixes: a prefix that
   stops before the token fails differently (end of input) than one that includes it, so the
-  shortest prefix that fails with the full message ends at the token;
+  shortest prefix that fails with the full message ends at the token (a message that names an
+  element, ``invalid policy effect: foo``, is placed at that element);
 * a validation error that names an attribute (``attribute `stat` ... not found``) is placed at that
-  attribute's first use in its statement; anything else at the statement's start.
+  attribute's first use in its statement; anything else at the statement's first code (its first
+  annotation or its effect, past the whitespace and comments that follow the previous ``;``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Statement", "annotation_id", "line_column", "locate_failure", "locate_name", "split_statements"]
+__all__ = [
+    "Statement",
+    "annotation_id",
+    "line_column",
+    "locate_failure",
+    "locate_name",
+    "locate_start",
+    "split_statements",
+]
 
+_LINE_END = "\n\r"  # Cedar's lexer: a comment is `//[^\n\r]*`
 _TOKEN = re.compile(r"unexpected token `([^`]+)`")
+_NAMED = re.compile(r": (@?[A-Za-z_][A-Za-z0-9_]*)$")  # "invalid policy effect: foo"
 _ID = re.compile(r'@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
 
 
@@ -45,7 +58,7 @@ def split_statements(source: str) -> list[Statement]:
     while index < len(source):
         character = source[index]
         if in_comment:
-            in_comment = character != "\n"
+            in_comment = character not in _LINE_END
         elif in_string:
             if character == "\\":
                 index += 1
@@ -98,11 +111,18 @@ def locate_failure(statement: Statement, failure: Callable[[str], str | None]) -
             low = middle + 1
     if "end of input" in message:  # the statement stops too early: point at its end
         return statement.start + len(statement.text.rstrip())
+    code = _code(statement.text)
     token = _TOKEN.search(message)
     if token is not None:  # Cedar may notice the bad token one token late: find it in the prefix
-        found = statement.text.rfind(token.group(1), 0, low)
+        found = code.rfind(token.group(1), 0, low)  # not in a comment; a string token only in the text
+        found = found if found >= 0 else statement.text.rfind(token.group(1), 0, low)
         if found >= 0:
             return statement.start + found
+    named = _NAMED.search(message)
+    if named is not None:  # Cedar reads the whole policy head first: find the named element in it
+        uses = list(re.finditer(rf"(?<![\w@]){re.escape(named.group(1))}(?!\w)", code[:low]))
+        if uses:
+            return statement.start + uses[-1].start()
     return statement.start + _skip_space(statement.text, max(0, low - 1))
 
 
@@ -113,10 +133,15 @@ def locate_name(statement: Statement, name: str) -> int:
         match = re.search(pattern, code)
         if match is not None:
             return statement.start + match.start() + (1 if pattern.startswith(r"\.") else 0)
-    quoted = statement.text.find(f'"{name}"')  # an entity id, e.g. Action::"fly"
-    if quoted >= 0:
-        return statement.start + quoted
-    return statement.start + _skip_space(statement.text, 0)
+    for quoted in re.finditer(rf'::\s*("{re.escape(name)}")', statement.text):  # an entity id: Action::"fly"
+        if code[quoted.start()] == ":":  # in code, not in a comment
+            return statement.start + quoted.start(1)
+    return locate_start(statement)
+
+
+def locate_start(statement: Statement) -> int:
+    """Return the source offset of the statement's first code (past whitespace and comments)."""
+    return statement.start + _skip_space(_code(statement.text), 0)
 
 
 def _skip_space(text: str, index: int) -> int:
@@ -133,7 +158,7 @@ def _code(text: str) -> str:
     while index < len(text):
         character = text[index]
         if in_comment:
-            if character == "\n":
+            if character in _LINE_END:
                 in_comment = False
             else:
                 out[index] = " "

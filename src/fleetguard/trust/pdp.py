@@ -155,6 +155,14 @@ class PolicyDecisionPoint:
         context: RequestContext,
     ) -> Decision:
         policies, forbids = current
+        if resource.kind is ResourceKind.DEVICE_TOPIC and resource != device_topic(resource.owner):
+            raise TrustInputInvalid(
+                f"topic space {resource.name!r} is not the one device {resource.owner!r} owns"
+            )
+        if resource.kind is ResourceKind.TYPE_TOPIC and resource != type_topic(resource.owner):
+            raise TrustInputInvalid(
+                f"topic space {resource.name!r} is not the one type {resource.owner!r} shares"
+            )
         try:
             if resource not in candidate_resources(facts) and resource.kind is not ResourceKind.BROKER:
                 entities = cedarpy.Entities.from_json_str(json.dumps(_entities(facts, (resource,))))
@@ -230,9 +238,7 @@ def _entities(facts: DeviceFacts, resources: Sequence[Resource]) -> list[dict[st
             },
             "parents": [device_type, site],
         },
-        {"uid": device_type, "attrs": {}, "parents": []},
-        {"uid": site, "attrs": {}, "parents": []},
-    ]
+    ]  # DeviceType and Site have no attributes: as parents and references they need no entry of their own
     for resource in resources:
         uid = {"type": f"{_NS}{resource.kind.value}", "id": resource.name}
         match resource.kind:

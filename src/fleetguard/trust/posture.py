@@ -3,8 +3,10 @@
 Cedar compares strings only for equality, so version ordering is decided here and handed to the
 policies as booleans (``posture.firmware_compliant``, ``posture.end_of_life``). Versions compare
 numerically component by component (``1.10.0 > 1.9.3``, ``v1.2 == 1.2``); a component with letters
-compares after the numeric ones of the same position, by text, and a version that ends sorts before
-one that goes on (``1.2 < 1.2.0``, ``2.0.0 < 2.0.0rc1``).
+compares before the numeric ones of the same position, by text; trailing zeros do not count
+(``1.2 == 1.2.0``), and a version that goes on with letters where another ends is older: a
+pre-release is older than its release (``2.0.0rc1 < 2.0.0``), so it never meets a minimum of the
+release (fail closed).
 
 Fail closed: a firmware version that is empty, not a version, or of another scheme than the minimum
 (``unknown`` against ``2.0``: a word against a number) is never compliant when a minimum is set. A
@@ -66,21 +68,43 @@ def posture_of(
 
 def compare_versions(left: str, right: str) -> int:
     """Return -1, 0 or 1 as ``left`` is older than, the same as, or newer than ``right``."""
-    a, b = _key(left), _key(right)
-    return (a > b) - (a < b)
+    a, b = _parts(left), _parts(right)
+    for index in range(max(len(a), len(b))):
+        x, y = _normal(_at(a, index)), _normal(_at(b, index))  # 1.2 == 1.2.0
+        if x != y:
+            return -1 if x < y else 1
+    return 0
 
 
-def _key(version: str) -> tuple[tuple[int, int, str], ...]:
-    parts = _PART.findall(version.lstrip("vV"))
-    # (0, n, "") for numbers, (1, 0, text) for words: at one position a word sorts after any number.
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts)
+_END = (1, 0, "")  # where a version has ended: after any word, before any number but 0
+
+
+def _parts(version: str) -> list[tuple[int, int, str]]:
+    # A word (0, 0, text) < the end of the version < a number (2, n, ""): 2.0.0rc1 < 2.0.0 < 2.0.0.1,
+    # so a pre-release never meets a minimum of its release (fail closed).
+    return [
+        (2, int(p), "") if p.isdigit() else (0, 0, p.lower()) for p in _PART.findall(version.lstrip("vV"))
+    ]
+
+
+def _at(parts: list[tuple[int, int, str]], index: int) -> tuple[int, int, str]:
+    if index < len(parts):
+        return parts[index]
+    return _END
+
+
+def _normal(part: tuple[int, int, str]) -> tuple[int, int, str]:
+    return _END if part == (2, 0, "") else part
 
 
 def _meets(version: str, minimum: str) -> bool:
     """Return whether ``version`` is a version of the minimum's scheme and at least ``minimum``."""
-    have, need = _key(version), _key(minimum)
+    have, need = _parts(version), _parts(minimum)
     return (
-        _VERSION.fullmatch(version) is not None and bool(have) and have[0][0] == need[0][0] and have >= need
+        _VERSION.fullmatch(version) is not None
+        and bool(have)
+        and have[0][0] == need[0][0]
+        and compare_versions(version, minimum) >= 0
     )
 
 
@@ -91,5 +115,5 @@ def _is_entry_for(entry: str, device_type: str, version: str) -> bool:
 
 
 def _require_version(version: str, what: str) -> None:
-    if not _VERSION.fullmatch(version) or not _key(version):
+    if not _VERSION.fullmatch(version) or not _parts(version):
         raise TrustInputInvalid(f"{what}: {version!r} is not a version (1-64 of [0-9A-Za-z.+_~-])")

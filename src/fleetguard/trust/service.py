@@ -28,7 +28,7 @@ from fleetguard.inventory.model import Device
 from fleetguard.inventory.service import Inventory, device_event_subject
 from fleetguard.pki.service import IdentityStatus
 from fleetguard.store.database import Database
-from fleetguard.store.models import DeviceSignalRow, PolicySetRow
+from fleetguard.store.models import DeviceSignalRow, EnforcementRow, PolicySetRow
 from fleetguard.trust.diff import OutcomeChange, diff_policies
 from fleetguard.trust.errors import PolicyConflict, PolicyVersionNotFound, TrustInputInvalid
 from fleetguard.trust.model import (
@@ -48,6 +48,7 @@ from fleetguard.trust.schema import DEFAULT_POLICIES
 __all__ = [
     "ATTESTATION_FRESH_FOR",
     "AccessPlan",
+    "EnforcementState",
     "IdentitySource",
     "IdentityStatus",
     "StoredPolicy",
@@ -101,6 +102,19 @@ class AccessPlan:
     def denied_everything(self) -> bool:
         """Return whether the device may do nothing at all (quarantine at the enforcement points)."""
         return self.connect is Outcome.DENY and not self.grants
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementState:
+    """A device's row of ``trust_enforcement``: the plan last sent to the enforcement points, and
+    whether they confirmed it (``enforced``) or not (``failed``, retried at ``next_attempt_at``)."""
+
+    status: str
+    policy_version: int | None
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    detail: str
+    updated_at: dt.datetime
 
 
 class TrustService:
@@ -266,6 +280,18 @@ class TrustService:
         if connect is Outcome.DENY:
             grants = ()  # a device that may not connect holds no topic grant either
         return AccessPlan(device_id, connect, grants, decisions, current.version)
+
+    def enforcement(self, device_id: str) -> EnforcementState | None:
+        """Return what enforcement last recorded for ``device_id``, or ``None`` if it never ran for it."""
+        with self._db.reading() as session:
+            row = session.get(EnforcementRow, device_id)
+            if row is None:
+                return None
+            version = row.desired.get("policy_version")
+            return EnforcementState(
+                row.status, version if isinstance(version, int) else None, row.attempts,
+                row.next_attempt_at, row.detail, row.updated_at,
+            )  # fmt: skip
 
     # -- signals --------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -100,13 +101,8 @@ def test_an_active_device_may_use_its_own_and_its_types_topics(
 @pytest.mark.parametrize("action", [Action.PUBLISH, Action.SUBSCRIBE])
 @pytest.mark.parametrize(
     "resource",
-    [
-        device_topic("cam-2"),
-        type_topic("thermostat"),
-        Resource(ResourceKind.DEVICE_TOPIC, "devices/cam-1/#", "cam-2"),  # the name is not the owner
-        Resource(ResourceKind.TYPE_TOPIC, "types/camera/#", "thermostat"),
-    ],
-    ids=["other-device", "other-type", "own-name-other-owner", "own-type-name-other-owner"],
+    [device_topic("cam-2"), type_topic("thermostat")],
+    ids=["other-device", "other-type"],
 )
 def test_other_devices_and_types_topics_are_denied_by_no_policy(
     pdp: PolicyDecisionPoint, action: Action, resource: Resource
@@ -114,6 +110,27 @@ def test_other_devices_and_types_topics_are_denied_by_no_policy(
     decision = pdp.decide(_camera(), action, resource, CONTEXT)
 
     assert (decision.outcome, decision.policies, decision.errors) == (Outcome.DENY, (), ())
+
+
+@pytest.mark.parametrize(
+    ("resource", "message"),
+    [
+        (
+            Resource(ResourceKind.DEVICE_TOPIC, "devices/cam-1/#", "cam-2"),
+            "topic space 'devices/cam-1/#' is not the one device 'cam-2' owns",
+        ),
+        (
+            Resource(ResourceKind.TYPE_TOPIC, "types/camera/#", "thermostat"),
+            "topic space 'types/camera/#' is not the one type 'thermostat' shares",
+        ),
+    ],
+    ids=["own-name-other-owner", "own-type-name-other-owner"],
+)
+def test_a_topic_space_whose_name_and_owner_disagree_is_refused(
+    pdp: PolicyDecisionPoint, resource: Resource, message: str
+) -> None:
+    with pytest.raises(TrustInputInvalid, match=re.escape(message)):
+        pdp.decide(_camera(), Action.PUBLISH, resource, CONTEXT)
 
 
 def test_decide_all_covers_every_candidate_request(pdp: PolicyDecisionPoint) -> None:

@@ -41,11 +41,11 @@ VERSIONS = (
         ("V1.2.3", "v1.2.3", 0),
         ("1-2_3", "1.2.3", 0),
         ("01.002", "1.2", 0),
-        ("1.2", "1.2.0", -1),
-        ("1.2.a", "1.2.9", 1),  # a word sorts after any number at its position
+        ("1.2", "1.2.0", 0),  # trailing zeros do not count
+        ("1.2.a", "1.2.9", -1),  # a word sorts before any number at its position
         ("1.2.beta", "1.2.alpha", 1),  # words compare by text
         ("1.2.RC", "1.2.rc", 0),  # case-insensitively
-        ("2.0.0rc1", "2.0.0", 1),  # the version that goes on sorts after the one that ends
+        ("2.0.0rc1", "2.0.0", -1),  # a pre-release is older than its release (fail closed)
         ("2.0.0rc1", "2.0.0rc2", -1),
         ("10", "9", 1),
         ("1.0.100", "1.0.99", 1),
@@ -131,7 +131,7 @@ def test_a_word_scheme_compares_within_itself() -> None:
         ("camera", "1.4.2", True),  # an entry for any type
         ("door", "1.4.2", True),
         ("door", "v1.4.2", True),  # spelled differently, the same version
-        ("door", "1.4.2.0", False),
+        ("door", "1.4.2.0", True),  # trailing zeros do not count: 1.4.2.0 is 1.4.2
         ("camera", "2.9", True),  # TYPE@VERSION
         ("camera", "V2.9", True),
         ("door", "2.9", False),  # another type's entry

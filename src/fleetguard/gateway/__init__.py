@@ -1,0 +1,97 @@
+"""The MQTT gateway: Mosquitto 2 as the policy enforcement point for device messaging.
+
+Devices connect over mutual TLS; the broker takes the certificate's CN (the device id) as the MQTT
+username. Broker-wide rights (``devices/%u/#``) are ``pattern`` lines of Mosquitto's ACL file; the
+exceptions the policy decision point asks for, a deny-all quarantine and per-device extra grants, are
+roles of Mosquitto's dynamic-security plugin, changed at run time over MQTT. Revocation is the CRL in
+the broker's ``crlfile`` plus a kick. Every change is verified before it counts as done: fleetguard
+reads the roles back and a probe connects with the device's identity and reads the broker's reason
+codes (:mod:`fleetguard.gateway.probe`).
+
+Modules: :mod:`.topics` (topic filters), :mod:`.model` (requests and results), :mod:`.roles`
+(dynamic-security roles), :mod:`.config` (configuration files), :mod:`.crlfile` (what may go into the
+crlfile), :mod:`.authority` (the gateway's loopback CA), :mod:`.dynsec` (control client),
+:mod:`.probe`, :mod:`.broker` (the supervised process), :mod:`.enforcement` (the enforcer) and
+:mod:`.service` (all of it wired together).
+
+What Mosquitto 2.0.11 (Debian bookworm's build) was verified to do, with certificate clients
+(``require_certificate`` + ``use_identity_as_username``), by scratch experiments and by
+``tests/integration/test_gateway_mosquitto.py``:
+
+1. Password authentication is skipped for certificate clients, so dynamic security's
+   ``disableClient`` does not keep a device out: it kicks it, and the device reconnects and publishes.
+2. ``addClientRole``/``removeClientRole`` (also ``disableClient``, ``deleteClient``, ``modifyRole``)
+   kick the username's live connections on every listener before the command is answered; a client
+   saw the disconnect about 1 ms after the command was sent (reason 0x98, administrative action).
+3. SIGHUP reloads the ``crlfile``: new handshakes with a revoked certificate fail, but live sessions
+   of that certificate stay connected and keep publishing, so revocation needs a kick too. A missing
+   or unparsable ``crlfile`` at SIGHUP is logged as an error and the broker then accepts revoked
+   certificates (fails open) until restarted; at start-up it exits instead. An expired CRL refuses
+   every handshake.
+4. ACL file and dynamic security: the plugin is asked first; a matching role ACL decides, allow or
+   deny; with no match, or for a username that is no dynamic-security client, a "deny" default
+   defers to the ACL file. The ACL file of 2.0.11 grants every SUBSCRIBE and checks deliveries
+   (``read``) instead; the plugin's stock default ``publishClientReceive: allow`` would let a
+   dynamic-security client subscribed to ``#`` receive every device's messages, so every default is
+   set to deny. Role ACL topics are literal (no ``%u``/``%c``).
+5. Over MQTT v5 a publish the ACLs deny is answered with PUBACK 0x87 (not authorized), a denied
+   subscription with SUBACK 0x87; over MQTT 3.1.1 the PUBACK is sent as usual and the message is
+   dropped (no subscriber receives it), and a denied subscription gets SUBACK 0x80.
+6. A packet larger than ``max_packet_size`` ends the connection (DISCONNECT 0x95 over v5).
+7. Logging to stdout into a pipe is block-buffered (lines arrive at exit); stderr is not. A TLS
+   connection that closes before the TLS accept is logged without its port.
+8. Started as root, Mosquitto switches to the ``mosquitto`` user unless ``user`` says otherwise, and
+   then cannot read mode-0600 keys; the gateway sets ``user`` to the account it runs as.
+"""
+
+from __future__ import annotations
+
+from fleetguard.gateway.broker import MosquittoBroker, find_mosquitto
+from fleetguard.gateway.config import DEFAULT_GRANTS, BrokerConfig
+from fleetguard.gateway.enforcement import BrokerEnforcer
+from fleetguard.gateway.errors import (
+    BrokerCommandFailed,
+    BrokerReloadFailed,
+    BrokerStartFailed,
+    BrokerUnavailable,
+    CrlRejected,
+    GatewayError,
+    ProbeInconclusive,
+    TopicFilterInvalid,
+)
+from fleetguard.gateway.model import (
+    Access,
+    DeviceAccess,
+    EnforcementAction,
+    EnforcementResult,
+    Outcome,
+    TopicGrant,
+    enforcement_event,
+)
+from fleetguard.gateway.service import GatewayService
+from fleetguard.gateway.topics import validate_topic_filter
+
+__all__ = [
+    "DEFAULT_GRANTS",
+    "Access",
+    "BrokerCommandFailed",
+    "BrokerConfig",
+    "BrokerEnforcer",
+    "BrokerReloadFailed",
+    "BrokerStartFailed",
+    "BrokerUnavailable",
+    "CrlRejected",
+    "DeviceAccess",
+    "EnforcementAction",
+    "EnforcementResult",
+    "GatewayError",
+    "GatewayService",
+    "MosquittoBroker",
+    "Outcome",
+    "ProbeInconclusive",
+    "TopicFilterInvalid",
+    "TopicGrant",
+    "enforcement_event",
+    "find_mosquitto",
+    "validate_topic_filter",
+]

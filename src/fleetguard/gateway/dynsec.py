@@ -246,7 +246,7 @@ class DynsecClient:
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"fleetguard-control-{uuid.uuid4().hex[:12]}",
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5, reconnect_on_failure=False,  # the next command connects afresh
         )  # fmt: skip
         credential = self._authority.issue_client(self._username, now=self._clock())
         client.tls_set_context(self._authority.client_context(credential, scratch=self._scratch))

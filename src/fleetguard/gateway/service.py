@@ -27,6 +27,7 @@ __all__ = ["GatewayService"]
 
 _CONTROL_TIMEOUT_S = 5.0
 _PROBE_TIMEOUT_S = 3.0
+_READY_TIMEOUT_S = 10.0
 
 
 class GatewayService:
@@ -39,13 +40,16 @@ class GatewayService:
         executable: Path | None = None,
         control_timeout_s: float = _CONTROL_TIMEOUT_S,
         probe_timeout_s: float = _PROBE_TIMEOUT_S,
+        ready_timeout_s: float = _READY_TIMEOUT_S,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         config.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.directory, 0o700)
         self.config = config
         self.authority = GatewayAuthority.load_or_create(config.directory, now=clock())
-        self.broker = MosquittoBroker(config, self.authority, executable=executable, clock=clock)
+        self.broker = MosquittoBroker(
+            config, self.authority, executable=executable, ready_timeout_s=ready_timeout_s, clock=clock
+        )
         host, port = config.control_host, config.control_port
         self.control = DynsecClient(
             host, port, self.authority, config.directory, timeout_s=control_timeout_s, clock=clock

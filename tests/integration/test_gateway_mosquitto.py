@@ -1,0 +1,373 @@
+"""The MQTT gateway against a real Mosquitto 2 on loopback, with devices as paho-mqtt clients.
+
+The PKI is the installation's own (``initialize`` + ``Runtime``): its CA issues the broker's
+``mqtt`` server certificate and the device certificates, and its revocation publisher signs the
+complete CRL that goes into the broker's ``crlfile``, so these tests also check that Mosquitto
+(OpenSSL) accepts fleetguard's CRLs. Each test gets its own broker on fresh ports.
+
+Skipped when mosquitto or its dynamic-security plugin is missing, except under CI, where that is a
+failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleetguard.config import Settings
+from fleetguard.gateway import BrokerConfig, GatewayService, Outcome, find_mosquitto
+from fleetguard.gateway.config import DYNSEC_PLUGIN
+from fleetguard.gateway.errors import BrokerReloadFailed
+from fleetguard.gateway.roles import AclType, RoleAcl
+from fleetguard.installation import Runtime, initialize
+from fleetguard.inventory.model import DeviceSpec
+from fleetguard.pki.ca import ChainFormat
+from fleetguard.pki.revocation import RevocationReason
+from fleetguard.types import utc_now
+
+PEM = serialization.Encoding.PEM
+DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4", "dev-5")
+NOT_AUTHORIZED = 0x87
+KICK_BOUND_S = 0.25  # measured: about 1-5 ms from the command to the device seeing the disconnect
+WAIT_S = 3.0
+
+
+def _require_mosquitto() -> Path:
+    executable = find_mosquitto()
+    missing = "mosquitto" if executable is None else None if DYNSEC_PLUGIN.is_file() else str(DYNSEC_PLUGIN)
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is missing under CI")
+        pytest.skip(f"{missing} is not installed")
+    assert executable is not None
+    return executable
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """An installation with a CA, the broker's server certificate and five enrolled devices."""
+
+    runtime: Runtime
+    workdir: Path
+    bundle: Path
+    serials: dict[str, int]
+
+    def crl(self) -> bytes:
+        """The complete CRL of the issuing CA, as the broker's crlfile takes it."""
+        return self.runtime.revocation.crl(self.runtime.pki.active_issuer_id(), None).pem()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    _require_mosquitto()
+    workdir = tmp_path_factory.mktemp("fleet")
+    os.environ.setdefault("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
+    settings = Settings(data_dir=workdir / "data", pki_base_url="http://127.0.0.1:1/pki")
+    initialize(settings, "example.org", now=utc_now())
+    runtime = Runtime(settings)
+    runtime.pki.initialize(actor="test", now=utc_now() - dt.timedelta(days=1))
+    runtime.pki.issue_server("mqtt", ["localhost"], [ipaddress.IPv4Address("127.0.0.1")], actor="test")
+    bundle = workdir / "bundle.pem"
+    bundle.write_bytes(runtime.pki.trust_bundle(ChainFormat.PEM))
+    serials = {}
+    for device_id in DEVICES:
+        runtime.inventory.register(
+            DeviceSpec(serial=f"SN-{device_id}", manufacturer="acme", id=device_id), actor="test"
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .sign(key, hashes.SHA256())
+        )
+        record = runtime.pki.issue_device(device_id, csr.public_bytes(PEM), actor="test")
+        (workdir / f"{device_id}.pem").write_bytes(record.pem())
+        key_pem = key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        (workdir / f"{device_id}.key").write_bytes(key_pem)
+        serials[device_id] = record.serial
+    yield Fleet(runtime, workdir, bundle, serials)
+    runtime.close()
+
+
+@pytest.fixture
+def gateway(fleet: Fleet, tmp_path: Path) -> Iterator[GatewayService]:
+    servers = fleet.runtime.settings.data_dir / "pki" / "servers"
+    config = BrokerConfig(
+        directory=tmp_path / "gateway", ca_bundle=fleet.bundle,
+        server_certificate=servers / "mqtt.chain.pem", server_key=servers / "mqtt.key.pem",
+        listen_host="127.0.0.1", listen_port=_free_port(), control_port=_free_port(),
+    )  # fmt: skip
+    service = GatewayService(config, executable=_require_mosquitto(), ready_timeout_s=1.5)
+    service.start(fleet.crl())
+    yield service
+    service.stop()
+
+
+class Device:
+    """A device's MQTT client: the device certificate, on the device listener."""
+
+    def __init__(self, fleet: Fleet, gateway: GatewayService, device_id: str, *, v5: bool = True) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, reconnect_on_failure=False,
+        )  # fmt: skip
+        workdir = fleet.workdir
+        self.client.tls_set(
+            ca_certs=str(fleet.bundle), certfile=str(workdir / f"{device_id}.pem"),
+            keyfile=str(workdir / f"{device_id}.key"),
+        )  # fmt: skip
+        self.port = gateway.config.listen_port
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.disconnected_at = 0.0
+        self.pubacks: dict[int, int] = {}
+        self.subacks: dict[int, int] = {}
+        self.messages: list[str] = []
+        self.client.on_connect = lambda c, u, f, reason, p: reason.is_failure or self.connected.set()
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = lambda c, u, mid, reason, p: self.pubacks.__setitem__(mid, reason.value)
+        self.client.on_subscribe = lambda c, u, mid, reasons, p: self.subacks.__setitem__(
+            mid, reasons[0].value
+        )
+        self.client.on_message = lambda c, u, message: self.messages.append(message.topic)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, p: object
+    ) -> None:
+        self.disconnected_at = time.monotonic()
+        self.disconnected.set()
+
+    def connect(self) -> bool:
+        """Connect; return whether the broker accepted (False when the TLS handshake is refused)."""
+        try:
+            self.client.connect("127.0.0.1", self.port, keepalive=30)
+        except OSError:
+            return False
+        self.client.loop_start()
+        _until(lambda: self.connected.is_set() or self.disconnected.is_set())
+        return self.connected.is_set()
+
+    def publish(self, topic: str) -> int:
+        """Publish at QoS 1; return the PUBACK reason code (0 for MQTT 3.1.1's plain PUBACK)."""
+        info = self.client.publish(topic, b"reading", qos=1)
+        _until(lambda: info.mid in self.pubacks)
+        return self.pubacks[info.mid]
+
+    def subscribe(self, topic: str) -> int:
+        """Subscribe at QoS 1; return the SUBACK code (granted QoS, or a failure code)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
+        _until(lambda: mid in self.subacks)
+        return self.subacks[mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _until(condition: object, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def devices() -> Iterator[list[Device]]:
+    """The clients a test opened, closed after it."""
+    opened: list[Device] = []
+    yield opened
+    for device in opened:
+        device.close()
+
+
+def _device(
+    fleet: Fleet, gateway: GatewayService, opened: list[Device], device_id: str, *, v5: bool = True
+) -> Device:
+    device = Device(fleet, gateway, device_id, v5=v5)
+    opened.append(device)
+    assert device.connect(), f"{device_id} could not connect"
+    return device
+
+
+def _observer(gateway: GatewayService, opened: list[Device]) -> Device:
+    """A client on the control listener that may read every device topic: what a subscriber sees."""
+    gateway.control.ensure_client("observer")
+    gateway.control.ensure_role(
+        "observer",
+        [
+            RoleAcl(AclType.SUBSCRIBE_PATTERN, "devices/#", allow=True),
+            RoleAcl(AclType.PUBLISH_CLIENT_RECEIVE, "devices/#", allow=True),
+        ],
+    )
+    gateway.control.add_client_role("observer", "observer", 1)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="observer", protocol=mqtt.MQTTv5, reconnect_on_failure=False
+    )
+    credential = gateway.authority.issue_client("observer", now=utc_now())
+    client.tls_set_context(gateway.authority.client_context(credential, scratch=gateway.config.directory))
+    observer = Device.__new__(Device)
+    observer.client, observer.port, observer.messages = client, gateway.config.control_port, []
+    observer.connected, observer.disconnected = threading.Event(), threading.Event()
+    observer.pubacks, observer.subacks = {}, {}
+    client.on_connect = lambda c, u, f, reason, p: reason.is_failure or observer.connected.set()
+    client.on_disconnect = lambda c, u, f, reason, p: observer.disconnected.set()
+    client.on_subscribe = lambda c, u, mid, reasons, p: observer.subacks.__setitem__(mid, reasons[0].value)
+    client.on_message = lambda c, u, message: observer.messages.append(message.topic)
+    opened.append(observer)
+    assert observer.connect()
+    assert observer.subscribe("devices/#") == 1
+    return observer
+
+
+def test_an_active_device_publishes_and_subscribes_under_its_own_topics(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    device = _device(fleet, gateway, devices, "dev-1")
+    assert device.subscribe("devices/dev-1/#") == 1
+    assert device.publish("devices/dev-1/telemetry") == 0
+    _until(lambda: "devices/dev-1/telemetry" in device.messages)
+
+
+def test_a_device_cannot_use_another_devices_topics_or_the_control_topic(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    one = _device(fleet, gateway, devices, "dev-1")
+    two = _device(fleet, gateway, devices, "dev-2")
+    assert two.subscribe("devices/dev-2/#") == 1
+    assert one.publish("devices/dev-2/commands") == NOT_AUTHORIZED
+    assert one.publish("$CONTROL/dynamic-security/v1") == NOT_AUTHORIZED
+    # Mosquitto 2.0.11's ACL file grants any SUBSCRIBE and checks each delivery instead.
+    assert one.subscribe("#") == 1
+    assert two.publish("devices/dev-2/secret") in (0, 0x10)
+    _until(lambda: "devices/dev-2/secret" in two.messages)
+    time.sleep(0.1)
+    assert one.messages == []
+
+
+def test_quarantine_kicks_at_once_and_denies_everything_after_reconnect(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    observer = _observer(gateway, devices)
+    v5 = _device(fleet, gateway, devices, "dev-1")
+    v311 = _device(fleet, gateway, devices, "dev-3", v5=False)
+    started = time.monotonic()
+    result = gateway.enforcer.quarantine("dev-1")
+    assert result.outcome is Outcome.ENFORCED, result.detail
+    assert v5.disconnected.wait(WAIT_S)
+    kicked_after = v5.disconnected_at - started
+    assert kicked_after < KICK_BOUND_S, f"kicked after {kicked_after * 1000:.1f} ms"
+    assert gateway.enforcer.quarantine("dev-3").outcome is Outcome.ENFORCED
+    assert v311.disconnected.wait(WAIT_S)
+
+    again = _device(fleet, gateway, devices, "dev-1")
+    assert again.publish("devices/dev-1/telemetry") == NOT_AUTHORIZED
+    assert again.subscribe("devices/dev-1/#") == NOT_AUTHORIZED
+    old = _device(fleet, gateway, devices, "dev-3", v5=False)
+    assert old.publish("devices/dev-3/telemetry") == 0  # MQTT 3.1.1 has no reason code ...
+    assert old.subscribe("devices/dev-3/#") == 0x80  # ... but a SUBACK failure
+    time.sleep(0.2)
+    assert observer.messages == []  # ... and nothing was delivered
+
+
+def test_the_probe_sees_what_the_device_sees(gateway: GatewayService) -> None:
+    before = gateway.probe.probe("dev-2", "devices/dev-2/fleetguard-probe")
+    assert (before.publish, before.publish_reason) == ("allowed", 0)
+    assert gateway.enforcer.quarantine("dev-2").outcome is Outcome.ENFORCED
+    after = gateway.probe.probe("dev-2", "devices/dev-2/fleetguard-probe")
+    assert (after.publish_reason, after.subscribe_reason) == (NOT_AUTHORIZED, NOT_AUTHORIZED)
+
+
+def test_release_restores_the_device(fleet: Fleet, gateway: GatewayService, devices: list[Device]) -> None:
+    assert gateway.enforcer.quarantine("dev-1").outcome is Outcome.ENFORCED
+    quarantined = _device(fleet, gateway, devices, "dev-1")
+    result = gateway.enforcer.release("dev-1")
+    assert result.outcome is Outcome.ENFORCED, result.detail
+    assert quarantined.disconnected.wait(WAIT_S)
+    device = _device(fleet, gateway, devices, "dev-1")
+    assert device.publish("devices/dev-1/telemetry") == 0x10  # no matching subscribers: accepted
+    assert device.subscribe("devices/dev-1/#") == 1
+
+
+def test_a_revoked_device_is_kicked_and_cannot_reconnect(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    live = _device(fleet, gateway, devices, "dev-4")
+    fleet.runtime.pki.revoke(fleet.serials["dev-4"], RevocationReason.KEY_COMPROMISE, actor="test")
+    result = gateway.enforcer.revoke("dev-4", fleet.crl())
+    assert result.outcome is Outcome.ENFORCED, result.detail
+    assert "reload confirmed" in result.detail
+    assert live.disconnected.wait(WAIT_S)
+    assert not Device(fleet, gateway, "dev-4").connect()
+    assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10
+
+
+def test_a_broker_that_is_down_is_reported_not_enforced(gateway: GatewayService) -> None:
+    gateway.broker.stop()
+    gateway.control.close()
+    result = gateway.enforcer.quarantine("dev-1")
+    assert result.outcome is Outcome.NOT_ENFORCED
+    assert not result.verified
+    assert result.retryable
+    assert "BrokerUnavailable" in result.detail
+    assert result.elapsed_s < WAIT_S
+
+
+def test_a_killed_broker_is_restarted_and_keeps_its_quarantines(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    assert gateway.enforcer.quarantine("dev-5").outcome is Outcome.ENFORCED
+    pid = gateway.broker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    _until(lambda: gateway.broker.restarts == 1, timeout=5.0)
+    assert gateway.broker.pid not in (None, pid)
+    device = _device(fleet, gateway, devices, "dev-5")
+    assert device.publish("devices/dev-5/x") == NOT_AUTHORIZED
+    assert gateway.enforcer.release("dev-5").outcome is Outcome.ENFORCED
+
+
+def test_a_reload_that_fails_restarts_the_broker_which_then_fails_closed(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    # What Mosquitto 2.0.11 does with an unreadable crlfile at SIGHUP is accept revoked devices.
+    gateway.config.crl_file.write_bytes(b"not a CRL\n")
+    with pytest.raises(BrokerReloadFailed, match="Unable to load certificate revocation file"):
+        gateway.broker.reload()
+    assert not Device(fleet, gateway, "dev-1").connect()
+    gateway.broker.install_crl(fleet.crl())
+    _until(lambda: gateway.broker.running and gateway.broker.restarts >= 1, timeout=10.0)
+    assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10
+
+
+def test_the_gateway_files_are_private(gateway: GatewayService) -> None:
+    gateway.enforcer.quarantine("dev-2")  # the plugin rewrites dynsec.json
+    directory = gateway.config.directory
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name

@@ -57,6 +57,7 @@ _BACKOFF_INITIAL_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0
 _LOG_LINES = 2000
+_ERROR_LINES = 200
 _MAX_LINE = 4096
 _TIMESTAMP = re.compile(r"^\d+: ")
 _RUNNING = re.compile(r"^mosquitto version \S+ running$")
@@ -78,6 +79,8 @@ class _LogTail:
 
     def __init__(self) -> None:
         self._lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=_LOG_LINES)
+        # Error lines are kept apart: a burst of connection lines must not push them out of view.
+        self._errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=_ERROR_LINES)
         self._seq = 0
         self._changed = threading.Condition()
 
@@ -90,6 +93,8 @@ class _LogTail:
         with self._changed:
             self._seq += 1
             self._lines.append((self._seq, line))
+            if line.startswith("Error"):
+                self._errors.append((self._seq, line))
             self._changed.notify_all()
 
     def wait_for(self, match: Callable[[str], bool], *, after: int, deadline: float) -> int | None:
@@ -104,9 +109,10 @@ class _LogTail:
                     return None
                 self._changed.wait(remaining)
 
-    def between(self, first: int, last: int) -> list[str]:
+    def errors_between(self, first: int, last: int) -> list[str]:
+        """Return the error lines logged after line ``first`` and before line ``last``."""
         with self._changed:
-            return [line for seq, line in self._lines if first < seq < last]
+            return [line for seq, line in self._errors if first < seq < last]
 
     def tail(self, count: int) -> list[str]:
         with self._changed:
@@ -245,7 +251,7 @@ class MosquittoBroker:
                     f"mosquitto did not log a reload within {self._reload_timeout_s:g} s"
                 )
             finished = self._await_loop_after(reloading, deadline)
-            errors = [line for line in self._log.between(reloading, finished) if line.startswith("Error")]
+            errors = self._log.errors_between(reloading, finished)
         if errors:
             _log.warning("mosquitto reload failed (%s); restarting it", "; ".join(errors))
             try:

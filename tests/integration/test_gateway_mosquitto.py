@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,32 +86,43 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     _require_mosquitto()
     workdir = tmp_path_factory.mktemp("fleet")
-    os.environ.setdefault("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
+        runtime = _installation(workdir)
+        try:
+            bundle = workdir / "bundle.pem"
+            bundle.write_bytes(runtime.pki.trust_bundle(ChainFormat.PEM))
+            serials = {device_id: _enroll(runtime, workdir, device_id) for device_id in DEVICES}
+            yield Fleet(runtime, workdir, bundle, serials)
+        finally:
+            runtime.close()
+
+
+def _installation(workdir: Path) -> Runtime:
+    """An installation with its CA (begun a day ago) and the broker's ``mqtt`` server certificate."""
     settings = Settings(data_dir=workdir / "data", pki_base_url="http://127.0.0.1:1/pki")
     initialize(settings, "example.org", now=utc_now())
     runtime = Runtime(settings)
     runtime.pki.initialize(actor="test", now=utc_now() - dt.timedelta(days=1))
     runtime.pki.issue_server("mqtt", ["localhost"], [ipaddress.IPv4Address("127.0.0.1")], actor="test")
-    bundle = workdir / "bundle.pem"
-    bundle.write_bytes(runtime.pki.trust_bundle(ChainFormat.PEM))
-    serials = {}
-    for device_id in DEVICES:
-        runtime.inventory.register(
-            DeviceSpec(serial=f"SN-{device_id}", manufacturer="acme", id=device_id), actor="test"
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-            .sign(key, hashes.SHA256())
-        )
-        record = runtime.pki.issue_device(device_id, csr.public_bytes(PEM), actor="test")
-        (workdir / f"{device_id}.pem").write_bytes(record.pem())
-        key_pem = key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        (workdir / f"{device_id}.key").write_bytes(key_pem)
-        serials[device_id] = record.serial
-    yield Fleet(runtime, workdir, bundle, serials)
-    runtime.close()
+    return runtime
+
+
+def _enroll(runtime: Runtime, workdir: Path, device_id: str) -> int:
+    """Register the device, issue its certificate for a new key; write both; return the serial."""
+    spec = DeviceSpec(serial=f"SN-{device_id}", manufacturer="acme", id=device_id)
+    runtime.inventory.register(spec, actor="test")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    record = runtime.pki.issue_device(device_id, csr.public_bytes(PEM), actor="test")
+    (workdir / f"{device_id}.pem").write_bytes(record.pem())
+    key_pem = key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (workdir / f"{device_id}.key").write_bytes(key_pem)
+    return record.serial
 
 
 @pytest.fixture
@@ -129,32 +140,35 @@ def gateway(fleet: Fleet, tmp_path: Path) -> Iterator[GatewayService]:
 
 
 class Device:
-    """A device's MQTT client: the device certificate, on the device listener."""
+    """An MQTT client and what it has seen (acknowledgements, messages, its disconnection)."""
 
-    def __init__(self, fleet: Fleet, gateway: GatewayService, device_id: str, *, v5: bool = True) -> None:
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{uuid.uuid4().hex[:6]}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, reconnect_on_failure=False,
-        )  # fmt: skip
-        workdir = fleet.workdir
-        self.client.tls_set(
-            ca_certs=str(fleet.bundle), certfile=str(workdir / f"{device_id}.pem"),
-            keyfile=str(workdir / f"{device_id}.key"),
-        )  # fmt: skip
-        self.port = gateway.config.listen_port
+    def __init__(self, client: mqtt.Client, port: int) -> None:
+        self.client = client
+        self.port = port
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.disconnected_at = 0.0
         self.pubacks: dict[int, int] = {}
         self.subacks: dict[int, int] = {}
         self.messages: list[str] = []
-        self.client.on_connect = lambda c, u, f, reason, p: reason.is_failure or self.connected.set()
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = lambda c, u, mid, reason, p: self.pubacks.__setitem__(mid, reason.value)
-        self.client.on_subscribe = lambda c, u, mid, reasons, p: self.subacks.__setitem__(
-            mid, reasons[0].value
-        )
-        self.client.on_message = lambda c, u, message: self.messages.append(message.topic)
+        client.on_connect = lambda c, u, f, reason, p: reason.is_failure or self.connected.set()
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = lambda c, u, mid, reason, p: self.pubacks.__setitem__(mid, reason.value)
+        client.on_subscribe = lambda c, u, mid, reasons, p: self.subacks.__setitem__(mid, reasons[0].value)
+        client.on_message = lambda c, u, message: self.messages.append(message.topic)
+
+    @classmethod
+    def of(cls, fleet: Fleet, gateway: GatewayService, device_id: str, *, v5: bool = True) -> Device:
+        """The device's own client: its certificate, on the device listener."""
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, reconnect_on_failure=False,
+        )  # fmt: skip
+        client.tls_set(
+            ca_certs=str(fleet.bundle), certfile=str(fleet.workdir / f"{device_id}.pem"),
+            keyfile=str(fleet.workdir / f"{device_id}.key"),
+        )  # fmt: skip
+        return cls(client, gateway.config.listen_port)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, p: object
@@ -190,9 +204,9 @@ class Device:
         self.client.loop_stop()
 
 
-def _until(condition: object, timeout: float = WAIT_S) -> None:
+def _until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
 
@@ -209,7 +223,7 @@ def devices() -> Iterator[list[Device]]:
 def _device(
     fleet: Fleet, gateway: GatewayService, opened: list[Device], device_id: str, *, v5: bool = True
 ) -> Device:
-    device = Device(fleet, gateway, device_id, v5=v5)
+    device = Device.of(fleet, gateway, device_id, v5=v5)
     opened.append(device)
     assert device.connect(), f"{device_id} could not connect"
     return device
@@ -231,14 +245,7 @@ def _observer(gateway: GatewayService, opened: list[Device]) -> Device:
     )
     credential = gateway.authority.issue_client("observer", now=utc_now())
     client.tls_set_context(gateway.authority.client_context(credential, scratch=gateway.config.directory))
-    observer = Device.__new__(Device)
-    observer.client, observer.port, observer.messages = client, gateway.config.control_port, []
-    observer.connected, observer.disconnected = threading.Event(), threading.Event()
-    observer.pubacks, observer.subacks = {}, {}
-    client.on_connect = lambda c, u, f, reason, p: reason.is_failure or observer.connected.set()
-    client.on_disconnect = lambda c, u, f, reason, p: observer.disconnected.set()
-    client.on_subscribe = lambda c, u, mid, reasons, p: observer.subacks.__setitem__(mid, reasons[0].value)
-    client.on_message = lambda c, u, message: observer.messages.append(message.topic)
+    observer = Device(client, gateway.config.control_port)
     opened.append(observer)
     assert observer.connect()
     assert observer.subscribe("devices/#") == 1
@@ -323,7 +330,7 @@ def test_a_revoked_device_is_kicked_and_cannot_reconnect(
     assert result.outcome is Outcome.ENFORCED, result.detail
     assert "reload confirmed" in result.detail
     assert live.disconnected.wait(WAIT_S)
-    assert not Device(fleet, gateway, "dev-4").connect()
+    assert not Device.of(fleet, gateway, "dev-4").connect()
     assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10
 
 
@@ -359,7 +366,7 @@ def test_a_reload_that_fails_restarts_the_broker_which_then_fails_closed(
     gateway.config.crl_file.write_bytes(b"not a CRL\n")
     with pytest.raises(BrokerReloadFailed, match="Unable to load certificate revocation file"):
         gateway.broker.reload()
-    assert not Device(fleet, gateway, "dev-1").connect()
+    assert not Device.of(fleet, gateway, "dev-1").connect()
     gateway.broker.install_crl(fleet.crl())
     _until(lambda: gateway.broker.running and gateway.broker.restarts >= 1, timeout=10.0)
     assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10

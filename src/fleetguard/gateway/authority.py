@@ -9,9 +9,10 @@ broker's files. Certificates instead of dynamic-security passwords keep ``dynsec
 password hashes and need no password file.
 
 The CA key is a P-256 key in ``<gateway dir>/local-ca.key.pem`` (mode 0600); a new CA is made when the
-old one is missing or within :data:`_RENEW_BEFORE` of expiry (the broker reads the CA file when it
-starts). Python's ``ssl`` loads a key only from a file, so :meth:`GatewayAuthority.client_context`
-writes the credential to a mode-0600 file in the gateway directory and removes it once loaded.
+old one is missing, within :data:`_RENEW_BEFORE` of expiry, or its key file is readable by others (the
+broker reads the CA file when it starts). Python's ``ssl`` loads a key only from a file, so
+:meth:`GatewayAuthority.client_context` writes the credential to a mode-0600 file in the gateway
+directory and removes it once loaded.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class GatewayAuthority:
     def load_or_create(cls, directory: Path, *, now: dt.datetime) -> GatewayAuthority:
         """Return the CA kept in ``directory``, making a new one if it is missing or nearly expired."""
         cert_path, key_path = directory / CA_FILE, directory / CA_KEY_FILE
-        if cert_path.is_file() and key_path.is_file():
+        # A key that others could read may have been copied: it is replaced, not used.
+        if cert_path.is_file() and key_path.is_file() and not key_path.stat().st_mode & 0o077:
             certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if (

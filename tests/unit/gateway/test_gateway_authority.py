@@ -33,6 +33,14 @@ def test_a_ca_near_expiry_is_replaced(tmp_path: Path) -> None:
     assert later.certificate.not_valid_after_utc > NOW + dt.timedelta(days=700)
 
 
+def test_a_key_that_others_could_read_is_replaced(tmp_path: Path) -> None:
+    first = GatewayAuthority.load_or_create(tmp_path, now=NOW)
+    (tmp_path / CA_KEY_FILE).chmod(0o644)
+    again = GatewayAuthority.load_or_create(tmp_path, now=NOW)
+    assert again.certificate != first.certificate
+    assert stat.S_IMODE((tmp_path / CA_KEY_FILE).stat().st_mode) == 0o600
+
+
 def test_a_client_certificate_names_the_device_and_lives_minutes() -> None:
     authority = GatewayAuthority.generate(now=NOW)
     credential = authority.issue_client("dev-1", now=NOW)

@@ -8,6 +8,8 @@ __all__ = [
     "AgentConfigInvalid",
     "AgentError",
     "AgentNotEnrolled",
+    "BrokerRefused",
+    "BrokerUnreachable",
     "EnrollmentPending",
     "EstRequestFailed",
     "EstServerBusy",
@@ -91,3 +93,24 @@ class RenewalImpossible(AgentError):
 
     status = 409
     code = "agent-renewal-impossible"
+
+
+class BrokerUnreachable(Unavailable, AgentError):
+    """No MQTT session: connection refused, TLS failure, no CONNACK in time, or the session was lost."""
+
+    code = "agent-broker-unreachable"
+
+
+class BrokerRefused(AgentError):
+    """The broker answered CONNECT or SUBSCRIBE with a failure reason code (MQTT 5.0 3.2.2.2, 3.9.3).
+
+    ``reason_code`` is the MQTT reason code: 0x87 "Not authorized" for a quarantined or unknown
+    device, 0x8A "Banned", ...
+    """
+
+    status = 403
+    code = "agent-broker-refused"
+
+    def __init__(self, message: str, *, reason_code: int) -> None:
+        super().__init__(message, hint="the agent backs off and tries again")
+        self.reason_code = reason_code

@@ -19,6 +19,11 @@ server's grace window): ``RenewalImpossible``.
 
 *The loop* (:class:`RenewalLoop`) sleeps until the renewal time (:mod:`fleetguard.agent.renewal`),
 renews, and after a failure backs off with jitter, honouring the server's Retry-After.
+
+*Decommissioning* (:meth:`DeviceIdentity.wipe`, the MQTT ``wipe`` command): the key store destroys
+the key, then the certificate and the configuration are deleted. Renewal and wiping take one lock,
+so the loop and a command never renew twice at once, and a wipe never races a renewal that would
+save a certificate after it.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -99,6 +105,7 @@ class DeviceIdentity:
     ) -> None:
         self._state, self._config, self._keys = state, config, key_store
         self._transport_factory = transport_factory
+        self._lock = threading.Lock()  # one renewal or wipe at a time (the loop and MQTT commands)
 
     @property
     def config(self) -> AgentConfig:
@@ -131,6 +138,25 @@ class DeviceIdentity:
 
     def renew(self) -> x509.Certificate:
         """Re-enroll with the current certificate and key; return the new certificate."""
+        with self._lock:
+            return self._renew()
+
+    def wipe(self) -> None:
+        """Destroy the key, then delete the certificate and the configuration (decommissioning).
+
+        Raises ``KeyStoreError`` when the key cannot be destroyed (then nothing else is deleted), or
+        ``AgentConfigInvalid`` naming a file that could not be deleted.
+        """
+        with self._lock:
+            self._keys.destroy()
+            self._state.wipe()
+
+    def tls_key(self) -> TlsClientKey:
+        """Return how OpenSSL reaches the device key for a TLS client handshake (EST, MQTT)."""
+        with self._lock:  # the TPM and PKCS#11 stores rewrite their OpenSSL configuration each time
+            return self._keys.tls_key()
+
+    def _renew(self) -> x509.Certificate:
         chain = self._state.certificate_chain()
         if chain is None:
             raise AgentNotEnrolled(str(self._state.directory))
@@ -212,10 +238,7 @@ class DeviceIdentity:
         self._state.save_trust_anchors(list(cacerts))
         self._state.save_certificate(issued, _chain_from(issuers[0], list(cacerts)))
         if device_id != self._config.device_id:
-            self._config = AgentConfig(
-                server_url=self._config.server_url, key_store=self._config.key_store,
-                device_id=device_id, timeout_s=self._config.timeout_s,
-            )  # fmt: skip
+            self._config = replace(self._config, device_id=device_id)
             self._state.save_config(self._config)
         return issued
 

@@ -8,7 +8,8 @@ non-extractable; the TPM store generates it inside the TPM, and the file it keep
 wrapping of it, usable only by that TPM.
 
 Re-enrollment renews the same key (:mod:`fleetguard.enroll.reenrollment`), so a key is created at
-first enrollment and kept for the device's life in the fleet.
+first enrollment and kept for the device's life in the fleet, which ends with :meth:`KeyStore.destroy`
+(the ``wipe`` command, :mod:`fleetguard.agent.command`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class KeyStore(Protocol):
 
     def tls_key(self) -> TlsClientKey:
         """Return how OpenSSL reaches the key for a TLS client handshake."""
+        ...
+
+    def destroy(self) -> None:
+        """Destroy the key for good (decommissioning); idempotent; raise ``KeyStoreError`` on failure."""
         ...
 
     def close(self) -> None:

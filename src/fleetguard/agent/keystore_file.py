@@ -77,5 +77,16 @@ class FileKeyStore:
         """Return the file for OpenSSL's default provider."""
         return TlsClientKey(TlsKeyKind.FILE, str(self._path))
 
+    def destroy(self) -> None:
+        """Delete the key file.
+
+        On flash storage the blocks may survive until they are reused (wear levelling); a device that
+        must not leave the key behind keeps it in a TPM or a token.
+        """
+        try:
+            self._path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot delete the key file {self._path}: {exc.strerror}") from exc
+
     def close(self) -> None:
         """Nothing to release."""

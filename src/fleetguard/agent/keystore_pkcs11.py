@@ -13,6 +13,9 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
+import pkcs11
+from pkcs11 import Attribute
+
 from fleetguard.agent.errors import KeyStoreError
 from fleetguard.agent.keystore import KeyStoreKind
 from fleetguard.agent.transport import TlsClientKey, TlsKeyKind
@@ -87,6 +90,23 @@ class Pkcs11KeyStore:
             urllib.parse.quote(self._token_label, safe=""), urllib.parse.quote(self._key_label, safe="")
         )
         return TlsClientKey(TlsKeyKind.ENGINE, uri, openssl_conf=self._engine_conf)
+
+    def destroy(self) -> None:
+        """Destroy every object on the token labelled with the key's label (PKCS#11 C_DestroyObject).
+
+        That is the private and the public key (and a certificate stored beside them). The session
+        this store holds is closed first: destruction uses a session of its own.
+        """
+        self.close()
+        try:
+            token = pkcs11.lib(str(self._module)).get_token(token_label=self._token_label)
+            with token.open(rw=True, user_pin=self._pin.reveal().decode()) as session:
+                for found in list(session.get_objects({Attribute.LABEL: self._key_label})):
+                    found.destroy()
+        except (pkcs11.PKCS11Error, UnicodeDecodeError) as exc:
+            raise KeyStoreError(
+                f"cannot destroy key {self._key_label!r} on token {self._token_label!r}: {type(exc).__name__}"
+            ) from exc
 
     def close(self) -> None:
         """Log out of the token."""

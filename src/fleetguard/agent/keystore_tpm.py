@@ -141,6 +141,14 @@ class TpmKeyStore:
             environment=self._environment(),
         )
 
+    def destroy(self) -> None:
+        """Delete the wrapped-key file: the key is loaded into the TPM per operation, never made
+        persistent there, so without its wrapping the TPM can no longer use it."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot delete the TPM key file {self.path}: {exc.strerror}") from exc
+
     def close(self) -> None:
         """Nothing held between operations."""
 

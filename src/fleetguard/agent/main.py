@@ -1,9 +1,13 @@
 """The ``fleetguard-agent`` program: the device side of fleetguard.
 
 ``enroll`` gets the device its first operational certificate over EST, ``renew`` renews it once,
-``run`` keeps it renewed in the background (until SIGTERM/SIGINT), ``status`` says where it stands.
-State lives in one directory (``--state-dir``, default ``/var/lib/fleetguard-agent``), described in
-:mod:`fleetguard.agent.state`.
+``run`` keeps it renewed in the background and, when enrolled with ``--mqtt``, keeps the device
+connected to the MQTT broker (:mod:`fleetguard.agent.mqtt`) until SIGTERM/SIGINT or a ``wipe``
+command; ``status`` says where it stands. State lives in one directory (``--state-dir``, default
+``/var/lib/fleetguard-agent``), described in :mod:`fleetguard.agent.state`.
+
+``run`` runs the renewal loop and the MQTT link in two threads; the main thread waits for a signal or
+for either to end, then stops both. A thread's error is re-raised here (exit status 1).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -29,6 +33,7 @@ from fleetguard import __version__
 from fleetguard.agent.errors import AgentConfigInvalid, EnrollmentPending
 from fleetguard.agent.identity import AgentStatus, DeviceIdentity, FactoryCredential, RenewalLoop
 from fleetguard.agent.keystore import KeyStoreKind
+from fleetguard.agent.mqtt import DEFAULT_TELEMETRY_INTERVAL_S, LinkOutcome, MqttLink, require_mqtt_key_store
 from fleetguard.agent.state import AgentConfig, AgentState, KeyStoreConfig
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG, ReportingGroup
 from fleetguard.pki.keys import Passphrase
@@ -38,6 +43,8 @@ __all__ = ["app", "main"]
 DEFAULT_STATE_DIR = Path("/var/lib/fleetguard-agent")
 TOKEN_ENV = "FLEETGUARD_AGENT_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 _MAX_PENDING_WAIT_S = 7 * 24 * 3600
+_MAX_TELEMETRY_INTERVAL_S = 24 * 3600.0
+_JOIN_ALLOWANCE_S = 15.0  # beyond three network timeouts: a link stopped in the middle of connecting
 
 app = typer.Typer(
     cls=ReportingGroup,
@@ -46,7 +53,9 @@ app = typer.Typer(
         "fleetguard-agent runs on a device. It enrolls the device with the fleet's CA over EST "
         "(RFC 7030) using a one-time enrollment token or the factory certificate, keeps the device key "
         "in a file, a PKCS#11 token or the TPM (the key never leaves the token or TPM), and renews the "
-        "certificate at 2/3 of its life with jitter, backing off when the server is busy."
+        "certificate at 2/3 of its life with jitter, backing off when the server is busy. With --mqtt it "
+        "also connects to the fleet's MQTT broker with its certificate (file or TPM key): telemetry out, "
+        "commands (reenroll, wipe) in."
     ),
     epilog=EXIT_STATUS_EPILOG,
     no_args_is_help=True,
@@ -120,6 +129,14 @@ def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes th
         typer.Option("--wait", help="If the request waits for an operator's approval, poll until decided."),
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each server answer.")] = 30.0,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt",
+            help="The MQTT broker `run` connects to, mqtts://host[:port] (port 8883 by default), with "
+            "the device certificate. Needs a file or TPM key store (not PKCS#11).",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Enroll this device: create its key, send a CSR with a token or factory certificate, save the result.
@@ -133,6 +150,8 @@ def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes th
         raise AgentConfigInvalid(f"give an enrollment token (--token-file or ${TOKEN_ENV}) or --factory-cert")
     if token is not None and device_id is None:
         raise AgentConfigInvalid("token enrollment needs --device-id, the id the token is bound to")
+    if mqtt is not None:
+        require_mqtt_key_store(key_store)
     store_config = KeyStoreConfig(
         kind=key_store,
         pkcs11_token=pkcs11_token,
@@ -141,7 +160,9 @@ def enroll_command(  # noqa: PLR0917 - one parameter per option; typer passes th
         tpm_tcti=tpm_tcti,
         **({} if pkcs11_module is None else {"pkcs11_module": pkcs11_module}),
     )
-    config = AgentConfig(server_url=server, key_store=store_config, device_id=device_id, timeout_s=timeout)
+    config = AgentConfig(
+        server_url=server, key_store=store_config, device_id=device_id, timeout_s=timeout, mqtt_url=mqtt
+    )
     state = AgentState(state_dir)
     state.prepare()
     state.save_trust_anchors(_read_certificates(trust_anchors))
@@ -165,20 +186,52 @@ def renew_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = Fal
 
 
 @app.command("run")
-def run_command(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+def run_command(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    telemetry_interval: Annotated[
+        float,
+        typer.Option(
+            min=1.0, max=_MAX_TELEMETRY_INTERVAL_S, help="Seconds between telemetry reports over MQTT."
+        ),
+    ] = DEFAULT_TELEMETRY_INTERVAL_S,
+) -> None:
     """Keep the certificate renewed (at 2/3 of its life, with jitter; backing off on failure) till SIGTERM.
 
     Uses the key store chosen at enrollment (file, PKCS#11 token or TPM). A revoked certificate, or one
-    expired beyond the server's grace window, stops the loop with exit status 1: enroll again.
+    expired beyond the server's grace window, stops the loop with exit status 1: enroll again. When
+    enrolled with --mqtt, also stays connected to the broker: telemetry on devices/<id>/telemetry,
+    commands on devices/<id>/commands; a `wipe` command deletes the key, the certificate and the
+    configuration and ends with exit status 0.
     """
     _log_to_stderr()
+    log = logging.getLogger("fleetguard.agent")
     state = AgentState(state_dir)
+    config = state.load_config()
+    if config.mqtt_url is not None:
+        require_mqtt_key_store(config.key_store.kind)
     stop = threading.Event()
-    with _identity(state, state.load_config()) as identity, _stop_on_signals(stop):
-        logging.getLogger("fleetguard.agent").info(
-            "agent for %s: next renewal at %s", identity.config.device_id, identity.next_renewal().isoformat()
-        )
-        RenewalLoop(identity, clock=lambda: dt.datetime.now(dt.UTC), wait=stop.wait).run()
+    with _identity(state, config) as identity, _stop_on_signals(stop):
+        log.info("agent for %s: next renewal at %s", config.device_id, identity.next_renewal().isoformat())
+        renewal = RenewalLoop(identity, clock=lambda: dt.datetime.now(dt.UTC), wait=stop.wait)
+        workers = [_Worker("renewal", renewal.run, stop)]
+        if config.mqtt_url is not None:
+            link = MqttLink(identity, state, stop=stop, telemetry_interval_s=telemetry_interval)
+            workers.append(_Worker("mqtt", link.run, stop))
+        for worker in workers:
+            worker.start()
+        stop.wait()
+        for worker in workers:
+            worker.join(config.timeout_s * 3 + _JOIN_ALLOWANCE_S)
+    if any(worker.result is LinkOutcome.WIPED for worker in workers):
+        # A renewal loop that woke between the wipe and the stop may have found the files gone.
+        for worker in workers:
+            if worker.error is not None:
+                log.info("after the wipe: %s", worker.error)
+        log.warning("the device was wiped (decommissioned); the agent exits")
+        return
+    for worker in workers:
+        if worker.error is not None:
+            raise worker.error
 
 
 @app.command("status")
@@ -286,6 +339,32 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+class _Worker:
+    """A thread that runs ``target`` and keeps its result or error; when it ends, it sets ``stop``."""
+
+    def __init__(self, name: str, target: Callable[[], object], stop: threading.Event) -> None:
+        self._target, self._stop = target, stop
+        self._thread = threading.Thread(target=self._run, name=f"fleetguard-agent-{name}", daemon=True)
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logging.getLogger("fleetguard.agent").warning("%s did not stop in time", self._thread.name)
+
+    def _run(self) -> None:
+        try:
+            self.result = self._target()
+        except BaseException as exc:  # noqa: BLE001 - the boundary: run_command re-raises it
+            self.error = exc
+        finally:
+            self._stop.set()
 
 
 @contextlib.contextmanager

@@ -3,13 +3,17 @@
 Layout (the directory is mode 0700; files are replaced atomically, so a crash leaves the old or the
 new version whole):
 
-``agent.json``            server URL, device id, key store settings (never a PIN or token)
+``agent.json``            server URL, device id, key store settings, the MQTT broker's URL when
+                          there is one (never a PIN or token)
 ``trust-anchors.pem``     the CA certificates that authenticate the EST server (RFC 7030 4.1.1's
                           explicit trust anchors, given at enrollment), later those from ``cacerts``
 ``certificate.pem``       the operational certificate followed by its issuing chain
 ``device-key.pem``        file key store: the private key (0600)
 ``device-key.tss2.pem``   TPM key store: the TPM's wrapping of the key
 ``pkcs11-engine.cnf``, ``tpm2-openssl.cnf``  OpenSSL configurations for the TLS client (0600)
+
+The ``wipe`` command (decommissioning) deletes all of it but the trust anchors, which are public
+(:meth:`AgentState.wipe`, after the key store destroyed the key).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fleetguard.agent.keystore import KeyStore, KeyStoreKind
 from fleetguard.agent.keystore_file import FileKeyStore
 from fleetguard.agent.keystore_pkcs11 import Pkcs11KeyStore
 from fleetguard.agent.keystore_tpm import TpmKeyStore
+from fleetguard.agent.mqtt_session import parse_broker_url
 from fleetguard.agent.transport import DEFAULT_TIMEOUT_S, parse_server_url
 from fleetguard.pki.keys import Passphrase
 from fleetguard.pki.keys_pkcs11 import SOFTHSM2_MODULE
@@ -63,9 +68,13 @@ class AgentConfig:
     key_store: KeyStoreConfig
     device_id: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    mqtt_url: str | None = None
+    """The MQTT broker, ``mqtts://host[:port]``; ``None``: the agent does not connect to one."""
 
     def __post_init__(self) -> None:
         parse_server_url(self.server_url)
+        if self.mqtt_url is not None:
+            parse_broker_url(self.mqtt_url)
         if not 0 < self.timeout_s <= 600:
             raise AgentConfigInvalid("the timeout must be between 0 and 600 seconds")
 
@@ -104,7 +113,10 @@ class AgentState:
 
     def save_config(self, config: AgentConfig) -> None:
         """Write the configuration atomically."""
-        replace_private_file(self.config_path, json.dumps(asdict(config), indent=2, sort_keys=True).encode())
+        data = asdict(config)
+        if data["mqtt_url"] is None:  # an agent rolled back to a version without MQTT reads this file too
+            del data["mqtt_url"]
+        replace_private_file(self.config_path, json.dumps(data, indent=2, sort_keys=True).encode())
 
     # -- trust anchors and certificate -----------------------------------------------------------
 
@@ -127,6 +139,20 @@ class AgentState:
     def save_certificate(self, leaf: x509.Certificate, issuers: list[x509.Certificate]) -> None:
         """Replace the certificate file with ``leaf`` followed by ``issuers``."""
         replace_private_file(self.certificate_path, b"".join(c.public_bytes(_PEM) for c in [leaf, *issuers]))
+
+    def wipe(self) -> None:
+        """Delete the certificate, the OpenSSL configurations (one holds the PKCS#11 PIN) and, last,
+        the configuration; raise ``AgentConfigInvalid`` naming the file that could not be deleted."""
+        for path in (
+            self.certificate_path,
+            self.directory / "pkcs11-engine.cnf",
+            self.directory / "tpm2-openssl.cnf",
+            self.config_path,
+        ):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise AgentConfigInvalid(f"cannot delete {path}: {exc.strerror}") from exc
 
     # -- key store -------------------------------------------------------------------------------
 

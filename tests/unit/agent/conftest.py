@@ -157,6 +157,7 @@ class MemoryKeyStore:
     def __init__(self) -> None:
         self.key: SoftwareKey | None = None
         self.created = 0
+        self.destroyed = 0
         self.broken: str | None = None
 
     @property
@@ -184,6 +185,12 @@ class MemoryKeyStore:
 
     def tls_key(self) -> TlsClientKey:
         return TlsClientKey(TlsKeyKind.FILE, "/memory/device-key.pem")
+
+    def destroy(self) -> None:
+        if self.broken is not None:
+            raise KeyStoreError(self.broken)
+        self.key = None
+        self.destroyed += 1
 
     def close(self) -> None:
         pass

@@ -38,6 +38,7 @@ from fleetguard.api.routers import (
     pki_public,
     tokens,
     transfer,
+    trust,
 )
 from fleetguard.config import Settings
 from fleetguard.enroll import MAX_BATCH_INPUT_BYTES
@@ -46,7 +47,8 @@ from fleetguard.installation import Runtime
 __all__ = ["api_routes", "create_app", "create_app_from_env"]
 
 _DESCRIPTION = """\
-The fleetguard control plane: device inventory and lifecycle, and the tamper-evident event log.
+The fleetguard control plane: device inventory and lifecycle, PKI and enrollment, the zero-trust
+policy decision point (Cedar policies, decisions, trust signals), and the tamper-evident event log.
 
 Every route except `/healthz`, `/readyz`, `/metrics` and the relying parties' `/pki/...` (CA
 certificates, CRLs and OCSP: signed public data) needs an API token (`Authorization: Bearer fgt_...`)
@@ -65,6 +67,7 @@ _ROUTERS = (
     inventory.router,
     events.router,
     tokens.router,
+    trust.router,
 )
 
 
@@ -112,6 +115,10 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
         routes={
             transfer.IMPORT_PATH: settings.max_import_bytes,
             enroll.BATCHES_PATH: min(settings.max_import_bytes, MAX_BATCH_INPUT_BYTES),
+            # A policy set is bounded by its own size (MAX_POLICY_BYTES), whatever the default is.
+            trust.POLICIES_PATH: trust.MAX_POLICY_BODY,
+            trust.VALIDATE_PATH: trust.MAX_POLICY_BODY,
+            trust.DIFF_PATH: trust.MAX_POLICY_BODY,
         },
     )
     app.add_middleware(UnhandledErrorGuard)

@@ -65,6 +65,9 @@ class Permission(enum.StrEnum):
     CA_ADMIN = "ca:admin"
     ENROLL_READ = "enroll:read"
     ENROLL_ADMIN = "enroll:admin"
+    POLICY_READ = "policy:read"
+    POLICY_WRITE = "policy:write"
+    SIGNALS_WRITE = "signals:write"
 
 
 _OPERATOR = frozenset(
@@ -79,6 +82,9 @@ _OPERATOR = frozenset(
         Permission.CERTS_REVOKE,
         Permission.ENROLL_READ,
         Permission.ENROLL_ADMIN,
+        Permission.POLICY_READ,
+        Permission.POLICY_WRITE,
+        Permission.SIGNALS_WRITE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -92,9 +98,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.EVENTS_AUDIT,
             Permission.CERTS_READ,
             Permission.ENROLL_READ,
+            Permission.POLICY_READ,
         }
     ),
-    Role.READ_ONLY: frozenset({Permission.DEVICES_READ, Permission.CERTS_READ, Permission.ENROLL_READ}),
+    Role.READ_ONLY: frozenset(
+        {Permission.DEVICES_READ, Permission.CERTS_READ, Permission.ENROLL_READ, Permission.POLICY_READ}
+    ),
 }
 
 

@@ -27,6 +27,7 @@ _PLACEHOLDERS = {
     "seq": "1",
     "serial": "1",
     "token_id": "000000000000",
+    "version": "1",
 }
 _PROTECTED = [
     pytest.param(method, route.path, permission_of(route), id=f"{method} {route.path}")
@@ -103,6 +104,8 @@ def test_revoked_token_is_refused_at_once(api: Api) -> None:
         (Role.OPERATOR, "POST", "/v1/events/checkpoints", None),
         (Role.OPERATOR, "GET", "/v1/events/verify", None),
         (Role.READ_ONLY, "GET", "/v1/events", None),
+        (Role.READ_ONLY, "PUT", "/v1/policies", {"text": "// x", "expected_version": 0}),
+        (Role.AUDITOR, "POST", "/v1/devices/{id}/signals", {"risk": 90}),
     ],
 )
 def test_wrong_role_is_403_and_changes_nothing(

@@ -41,9 +41,11 @@ def test_the_tree_has_every_command_group() -> None:
         "ca",
         "certs",
         "enroll",
+        "policy",
     }
     assert ("devices", "import") in _PATHS
     assert ("events", "verify") in _PATHS
+    assert ("policy", "apply") in _PATHS
 
 
 @pytest.mark.parametrize("path", _PATHS, ids=lambda path: " ".join(path) or "fleetguard")

@@ -57,9 +57,19 @@ class Settings(BaseSettings):
     pkcs11_token: str | None = None
     pkcs11_pin_env: str = "FLEETGUARD_PKCS11_PIN"
 
-    # EST (RFC 7030) enrollment endpoint that `fleetguard up` serves over TLS; 0 disables it.
+    # EST (RFC 7030) enrollment endpoint that `fleetguard up` serves over TLS; 0 disables it. More
+    # than one worker serves it from that many processes, for more than one core (they share the
+    # rate limits of the process that starts them).
     est_host: str | None = None
     est_port: int = Field(default=8443, ge=0, le=65535)
+    est_workers: int = Field(default=1, ge=1, le=64)
+
+    # MQTT broker (Mosquitto) that `fleetguard up` configures, supervises and drives as the trust
+    # capability's enforcement point; 0 disables it. The control listener is loopback only.
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(default=8883, ge=0, le=65535)
+    mqtt_control_port: int = Field(default=8884, ge=1, le=65535)
+    mqtt_crl_refresh_s: float = Field(default=3600.0, ge=10.0, le=86400.0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

@@ -30,6 +30,7 @@ from fleetguard.cli.output import stdout_console
 from fleetguard.cli.renewal_scheduler import DueWindow, RenewalScheduler
 from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
+from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
 
 if TYPE_CHECKING:
@@ -57,8 +58,10 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
     Uses the embedded defaults: SQLite in the data directory and the in-process event bus, unless
     --database-url or FLEETGUARD_BUS_URL say otherwise. Signs an event-log checkpoint every
     FLEETGUARD_CHECKPOINT_INTERVAL_S seconds while the log grows, and logs the certificates due for
-    renewal every minute. Prints where the API, its documentation and metrics are. Fails (exit 1) if
-    the port is taken.
+    renewal every minute. Supervises a Mosquitto broker on FLEETGUARD_MQTT_PORT (8883; 0 disables)
+    whose access the trust policies decide and re-decide on every change (quarantine, revocation,
+    posture, risk, a new policy). Prints where the API, its documentation, EST and MQTT are. Fails
+    (exit 1) if the API port is taken; EST and MQTT that cannot start are reported, not fatal.
     """
     context = cli_context(ctx)
     settings = context.settings
@@ -71,13 +74,20 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
             server = _server(runtime, verbose=context.verbose)
             est = open_est_endpoint(runtime, host=settings.est_host or host or settings.api_host)
-            _print_banner(context, listener, est_line=est.url or est.reason or "")
+            mqtt = open_mqtt_endpoint(runtime, host=settings.mqtt_host or host or settings.api_host)
+            _print_banner(
+                context,
+                listener,
+                est_line=est.url or est.reason or "",
+                mqtt_line=mqtt.url or mqtt.reason or "",
+            )
             checkpointer.start()
             renewals.start()
             try:
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                mqtt.stop()
                 est.stop()
                 renewals.stop()
                 checkpointer.stop()
@@ -160,7 +170,7 @@ def _stop_on_signals(server: "uvicorn.Server") -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str) -> None:
+def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str, mqtt_line: str) -> None:
     host, port = listener.getsockname()[:2]
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     settings = context.settings
@@ -173,6 +183,7 @@ def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str
         ("metrics", f"{base}/metrics"),
         ("health", f"{base}/healthz"),
         ("EST enrollment", est_line),
+        ("MQTT broker", mqtt_line),
         ("data dir", str(settings.data_dir.resolve())),
         ("database", masked_url(settings.resolved_database_url)),
         ("event bus", masked_url(settings.bus_url)),

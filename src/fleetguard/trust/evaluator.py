@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from fleetguard.errors import FleetguardError
 from fleetguard.events.bus import EventBus
@@ -147,6 +147,11 @@ class ContinuousEvaluator:
             if row is not None:
                 session.expunge(row)
             return row
+
+    def forget_all(self) -> None:
+        """Forget what every enforcement point was believed to hold (its state was lost): re-enforce all."""
+        with self._db.transaction() as session:
+            session.execute(delete(EnforcementRow))
 
     def affected_by(self, event: dict[str, object]) -> list[str] | None:
         """Return the devices an event (``EventEntry.to_json()``) affects; ``None`` for every device."""

@@ -58,6 +58,7 @@ __all__ = [
 
 ATTESTATION_FRESH_FOR = dt.timedelta(hours=24)
 _MAX_REASON = 1000
+_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 class IdentitySource(Protocol):
@@ -310,6 +311,10 @@ class TrustService:
             raise TrustInputInvalid(f"risk must be 0-100, not {risk}")
         self._inventory.get(device_id)
         now = self._clock()
+        if attested_at is not None and attested_at > now + _CLOCK_SKEW:
+            raise TrustInputInvalid(
+                "an attestation time in the future would keep the attestation fresh forever"
+            )
         with self._db.transaction() as session:
             row = session.get(DeviceSignalRow, device_id)
             if row is None:

@@ -260,3 +260,9 @@ def test_events_that_are_not_about_inputs_are_ignored(runtime: Runtime) -> None:
     assert evaluator.affected_by({"action": "trust.enforced", "subject": "device:cam-1"}) == []
     assert evaluator.affected_by({"action": "cert.revoked", "subject": "device:cam-1"}) == ["cam-1"]
     assert evaluator.affected_by({"action": "trust.policy_applied", "subject": "trust:policy"}) is None
+
+
+def test_an_attestation_time_in_the_future_is_refused(runtime: Runtime) -> None:
+    with pytest.raises(FleetguardError, match="attestation time in the future"):
+        runtime.trust.report_signals("cam-1", actor="attestor", attested_at=utc_now() + dt.timedelta(hours=1))
+    assert not runtime.trust.facts("cam-1").posture.attestation_fresh

@@ -5,8 +5,12 @@ with ``BEGIN IMMEDIATE`` so that two writers queue for the lock instead of faili
 event log's hash chain needs appends to be serialized). Within one process, writers first wait in a
 queue of their own, first come first served: in SQLite's busy handler a waiting writer sleeps and
 retries (1 ms, then up to 100 ms a try), so under many threads some waited seconds while others kept
-taking the lock, and a few ran out of ``busy_timeout``. A wait in the queue has the same bound,
-``busy_timeout``. Writers in other processes still meet the busy handler.
+taking the lock, and a few ran out of ``busy_timeout``. The writer at the head of the queue then
+takes an exclusive ``flock`` on ``<database>-writer``, retrying every millisecond at most, so that
+writers in several processes of the installation (the EST workers, a CLI beside ``up``) meet there
+rather than in the busy handler. Both waits together are bounded by ``busy_timeout``. A program
+that writes the database without that lock still meets the busy handler, and SQLite's own locking
+keeps it correct either way.
 
 Read-only work uses :meth:`Database.reading`, which starts a plain deferred ``BEGIN``: in WAL mode
 readers never block writers, so a long ``events verify`` or export does not stall the API's writes.
@@ -16,7 +20,10 @@ say what happened and what to do.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,6 +41,10 @@ __all__ = ["Database", "open_database"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _READ_ONLY = "fleetguard_read_only"
+# Retries of the writer file lock: soon at first, then every millisecond (SQLite's busy handler
+# sleeps 1 ms, then up to 100 ms, between tries).
+_FILE_LOCK_FIRST_RETRY_S = 0.000_05
+_FILE_LOCK_MAX_RETRY_S = 0.001
 
 
 class Database:
@@ -45,7 +56,11 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
         # PostgreSQL locks rows, not the database: its writers need no queue.
-        self._writers = _WriterQueue(busy_timeout_ms / 1000) if engine.dialect.name == "sqlite" else None
+        self._writers: _WriterQueue | None = None
+        if engine.dialect.name == "sqlite":
+            path = engine.url.database
+            lock = None if not path or path == ":memory:" else Path(f"{path}-writer")
+            self._writers = _WriterQueue(busy_timeout_ms / 1000, lock)
 
     @property
     def is_sqlite(self) -> bool:
@@ -102,19 +117,24 @@ class Database:
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
 
 
 class _WriterQueue:
-    """The in-process queue of SQLite writers, first come first served (see the module docstring).
+    """The queue of SQLite writers: first come first served in the process, then a file lock.
 
-    The lock passes straight to the thread that has waited longest, so a thread that releases it
-    cannot take it back ahead of the others, and no writer waits behind more than the writers that
-    came before it. Reentrant: a nested write transaction fails on SQLite's own lock after
-    ``busy_timeout``, as it always did, rather than deadlocking here.
+    See the module docstring. In the process the lock passes straight to the thread that has
+    waited longest, so a thread that releases it cannot take it back ahead of the others, and no
+    writer waits behind more than the writers that came before it. Reentrant: a nested write
+    transaction fails on SQLite's own lock after ``busy_timeout``, as it always did, rather than
+    deadlocking here.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, lock_path: Path | None) -> None:
         self._timeout_s = timeout_s
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
         self._mutex = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
@@ -122,36 +142,82 @@ class _WriterQueue:
 
     def __enter__(self) -> None:
         me = threading.get_ident()
+        deadline = time.monotonic() + self._timeout_s
         with self._mutex:
-            if self._owner in (None, me):
-                self._owner = me
+            if self._owner == me:
                 self._depth += 1
                 return
-            turn = threading.Lock()
-            turn.acquire()
-            self._waiting.append((me, turn))
-        if turn.acquire(timeout=self._timeout_s):
-            return  # handed over by __exit__, which made this thread the owner
+            turn = None
+            if self._owner is None:
+                self._owner, self._depth = me, 1
+            else:
+                turn = threading.Lock()
+                turn.acquire()
+                self._waiting.append((me, turn))
+        if turn is not None:
+            self._await_turn(me, turn, deadline)
+        try:
+            self._lock_file(deadline)
+        except BaseException:
+            self._release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        self._release()
+
+    def _await_turn(self, me: int, turn: threading.Lock, deadline: float) -> None:
+        if turn.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return  # handed over by _release, which made this thread the owner
         with self._mutex:
             if self._owner == me:  # handed over as the wait timed out
                 return
             self._waiting.remove((me, turn))
-        raise StoreUnavailable(
-            "database unavailable: database is locked (by a long write in this process)",
-            hint="retry; a large import or batch holds the write lock",
-        )
+        raise _locked("by a long write in this process")
 
-    def __exit__(self, *_exc: object) -> None:
+    def _lock_file(self, deadline: float) -> None:
+        if self._lock_path is None:
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        delay = _FILE_LOCK_FIRST_RETRY_S
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                return
+            if time.monotonic() >= deadline:
+                raise _locked("by another process of the installation")
+            time.sleep(delay)
+            delay = min(2 * delay, _FILE_LOCK_MAX_RETRY_S)
+
+    def _release(self) -> None:
         with self._mutex:
             self._depth -= 1
             if self._depth:
                 return
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             if not self._waiting:
                 self._owner = None
                 return
             self._owner, turn = self._waiting.popleft()
             self._depth = 1
             turn.release()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _locked(by: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"database unavailable: database is locked ({by})",
+        hint="retry; a large import or batch holds the write lock",
+    )
 
 
 def open_database(url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> Database:

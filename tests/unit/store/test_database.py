@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 import time
+from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,49 @@ def test_writer_threads_queue_in_the_process_and_none_starves(tmp_path: Path) ->
     assert errors == []
     with db.reading() as session:
         assert len(session.execute(select(SiteRow)).all()) == 16 * 20
+    db.close()
+
+
+def _write_from_threads(url: str, prefix: str, errors: Queue[str]) -> None:
+    """A writer process of the test below: 4 threads, 15 transactions each holding the lock 3 ms."""
+    db = open_database(url, busy_timeout_ms=300, migrate=False)
+
+    def write(thread: int) -> None:
+        for i in range(15):
+            try:
+                with db.transaction() as session:
+                    session.add(_site(f"{prefix}-{thread}-{i}"))
+                    session.flush()
+                    time.sleep(0.003)
+            except StoreUnavailable as exc:
+                errors.put(str(exc))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    db.close()
+
+
+def test_writer_processes_meet_at_the_writer_lock_not_in_the_busy_handler(tmp_path: Path) -> None:
+    # Three processes of four writer threads, each transaction holding the lock 3 ms: in SQLite's
+    # busy handler a waiter sleeps up to 100 ms a try, and some ran out of 300 ms; at the writer
+    # lock (polled every millisecond at most) none did.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    open_database(url).close()
+    context = multiprocessing.get_context("spawn")
+    errors: Queue[str] = context.Queue()
+    processes = [context.Process(target=_write_from_threads, args=(url, f"p{n}", errors)) for n in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+    assert errors.empty()
+    db = open_database(url)
+    with db.reading() as session:
+        assert len(session.execute(select(SiteRow)).all()) == 3 * 4 * 15
     db.close()
 
 

@@ -19,11 +19,15 @@
 The renewal rate limits (``FLEETGUARD_RENEWAL_RATE_PER_S``/``_BURST`` for the fleet,
 ``FLEETGUARD_DEVICE_RENEWALS_PER_HOUR``/``_BURST`` per device) are raised for the server under test,
 since a device renews once a month, not hundreds of times a minute: the benchmark measures the service,
-not the limit. Each figure prints the settings it ran with. Server and load process share the machine's
-cores unpinned (the goal is for 2 cores, both of them); every run uses devices that no earlier run
-used, each figure is the median of ``--runs`` runs.
+not the limit. EST is served by ``--est-workers`` processes (``FLEETGUARD_EST_WORKERS``, default 2
+here: one per core; 1 is a thread of ``up``). ``up``'s MQTT broker is off (``FLEETGUARD_MQTT_PORT=0``),
+and with it the trust evaluator, which re-decides a device's access on each of its events (each
+renewal): ``--mqtt`` turns both on. Each figure prints the settings it ran with, and the CPU time the
+server (all its processes) and the load process spent per request. Server and load process share
+the machine's cores unpinned (the goal is for 2 cores, both of them; pin both with ``taskset -c``);
+every run uses devices that no earlier run used; each figure is the median of ``--runs`` runs.
 
-Run: ``.venv/bin/python bench/enroll.py [--only reenroll] [--runs 3 --seconds 10]``.
+Run: ``.venv/bin/python bench/enroll.py [--only reenroll] [--runs 3 --seconds 10] [--est-workers 1]``.
 """
 
 from __future__ import annotations
@@ -341,12 +345,35 @@ def load_run(job: LoadJob, results: multiprocessing.Queue[dict[str, object]]) ->
 
 
 def _cpu_s(pid: int | None = None) -> float:
-    """Return the CPU seconds (user + system) used so far by this process, or by process ``pid``."""
+    """Return the CPU seconds (user + system) used so far by this process, or by ``pid`` and its children.
+
+    A child that exited is not counted: the figures are taken while the server's workers run.
+    """
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)
+    total = 0.0
+    for process in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)
+    return total
+
+
+def _process_tree(pid: int) -> list[int]:
+    """Return ``pid`` and its descendants (``/proc/<pid>/task/<tid>/children``, Linux 3.5+)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                pending.extend(int(child) for child in children.read_text().split())
+            except FileNotFoundError:
+                continue
+    return tree
 
 
 def _load(job: LoadJob, server: int) -> dict[str, float]:
@@ -371,10 +398,12 @@ def _load(job: LoadJob, server: int) -> dict[str, float]:
 # --- the server ----------------------------------------------------------------------------------
 
 
-def _start_server(root: Path, est_port: int) -> subprocess.Popen[bytes]:
+def _start_server(root: Path, est_port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, **RATE_LIMITS, "FLEETGUARD_DATA_DIR": str(root / "data"),
         "FLEETGUARD_EST_HOST": HOST, "FLEETGUARD_EST_PORT": str(est_port),
+        "FLEETGUARD_EST_WORKERS": str(args.est_workers),
+        "FLEETGUARD_MQTT_PORT": str(_free_port() if args.mqtt else 0),
     }  # fmt: skip
     log = (root / "up.log").open("wb")  # one line per EST request: a pipe nobody reads would fill up
     return subprocess.Popen(
@@ -399,7 +428,8 @@ def _wait_for_est(port: int, root: Path, server: subprocess.Popen[bytes]) -> Non
                     return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit("the EST endpoint of fleetguard up did not answer in 60 s")
+    log = (root / "up.log").read_text(errors="replace")[-3000:]
+    raise SystemExit(f"the EST endpoint of fleetguard up did not answer in 60 s; its log ends:\n{log}")
 
 
 # --- (r) reenroll ---------------------------------------------------------------------------------
@@ -426,7 +456,7 @@ def bench_reenroll(root: Path, args: argparse.Namespace) -> None:
     material = _installation(root, args.devices)
     print(f"    set-up: {args.devices:,} devices with certificates in {time.perf_counter() - started:.0f} s")
     est_port = _free_port()
-    server = _start_server(root, est_port)
+    server = _start_server(root, est_port, args)
     devices = _Devices(args.devices)
     try:
         _wait_for_est(est_port, root, server)
@@ -480,9 +510,10 @@ def _report(
 ) -> None:
     limits = ", ".join(f"{name.removeprefix('FLEETGUARD_').lower()}={v}" for name, v in RATE_LIMITS.items())
     print(
-        f"(r) simplereenroll over mutual TLS, real `fleetguard up` (SQLite, {args.devices:,} devices), "
-        f"separate load process, server and load sharing cpus {sorted(os.sched_getaffinity(0))}; "
-        f"rate limits raised: {limits}"
+        f"(r) simplereenroll over mutual TLS, real `fleetguard up` (SQLite, {args.devices:,} devices, "
+        f"FLEETGUARD_EST_WORKERS={args.est_workers}, MQTT broker and trust evaluator "
+        f"{'on' if args.mqtt else 'off'}), separate load process, server and load sharing cpus "
+        f"{sorted(os.sched_getaffinity(0))}; rate limits raised: {limits}"
     )
     rates = [r["requests"] / r["seconds"] for r in closed]
     print(
@@ -547,6 +578,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=250.0, help="requests per second of the open loop")
     parser.add_argument(
         "--max-rate", type=float, default=1000.0, help="closed-loop rate to pre-make fresh CSRs for"
+    )
+    parser.add_argument(
+        "--est-workers", type=int, default=2, help="EST worker processes of the server (1: a thread of it)"
+    )
+    parser.add_argument(
+        "--mqtt",
+        action="store_true",
+        help="let up start its MQTT broker and trust evaluator too (off: FLEETGUARD_MQTT_PORT=0)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the installation and the server's log")
     args = parser.parse_args()

@@ -3,7 +3,9 @@
 ``fleetguard up`` calls :func:`open_est_endpoint`. The endpoint needs the CA (to issue its own TLS
 server certificate, ``pki/servers/est.*``, renewed by the renewal scheduler like any server
 certificate) and trusts, for client certificates, this installation's CAs and the registered
-manufacturer CAs (re-read by the server as they change).
+manufacturer CAs (re-read by the server as they change). With ``FLEETGUARD_EST_WORKERS`` above 1 it
+is served by that many worker processes (:mod:`fleetguard.enroll.est_workers`), else by a thread of
+this process.
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from fleetguard.enroll.est_server import EstServer
+from fleetguard.enroll.est_workers import EstWorkers, est_server
 from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
-from fleetguard.pki.ca import ChainFormat
 
 __all__ = ["EstEndpoint", "open_est_endpoint"]
 
@@ -29,7 +29,7 @@ _NAME = "est"
 class EstEndpoint:
     """A started EST server, or why there is none."""
 
-    server: EstServer | None
+    server: EstServer | EstWorkers | None
     url: str | None
     reason: str | None
 
@@ -58,29 +58,18 @@ def open_est_endpoint(runtime: Runtime, *, host: str) -> EstEndpoint:
     return EstEndpoint(server, f"https://{shown}:{bound_port}/.well-known/est/", None)
 
 
-def _start(runtime: Runtime, host: str, port: int) -> EstServer:
+def _start(runtime: Runtime, host: str, port: int) -> EstServer | EstWorkers:
     pki = runtime.pki
     pki.authority()  # CaNotInitialized / KeyBackendError before anything is written
-    servers = runtime.settings.data_dir / "pki" / "servers"
-    if not (servers / f"{_NAME}.chain.pem").exists():
+    if not (pki.server_directory / f"{_NAME}.chain.pem").exists():
         names, addresses = _names(host)
         pki.issue_server(_NAME, names, addresses, actor="fleetguard up")
-
-    def trust_anchors() -> bytes:
-        manufacturers = b"".join(
-            ca.certificate.public_bytes(Encoding.PEM) for ca in runtime.enroll.manufacturer_cas()
-        )
-        return pki.trust_bundle(ChainFormat.PEM) + manufacturers
-
-    server = EstServer(
-        runtime.enroll,
-        trust_anchors,
-        lambda: pki.trust_bundle(ChainFormat.PEM),
-        servers / f"{_NAME}.chain.pem",
-        servers / f"{_NAME}.key.pem",
-        host=host,
-        port=port,
-    )
+    workers = runtime.settings.est_workers
+    server: EstServer | EstWorkers
+    if workers > 1:
+        server = EstWorkers(runtime, host=host, port=port, count=workers)
+    else:
+        server = est_server(pki, runtime.enroll, host=host, port=port)
     server.start()
     return server
 

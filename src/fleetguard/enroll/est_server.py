@@ -469,6 +469,7 @@ class _Setup:
     contexts: _Contexts
     cacerts: _CaCertificates
     max_connections: int
+    listener: socket.socket | None
 
 
 _Request = socket.socket | tuple[bytes, socket.socket]  # socketserver's request: a stream or a datagram
@@ -493,7 +494,15 @@ class _HttpServer(ThreadingHTTPServer):
         self._closing = False
         self._refusals = 0
         self._refusal_logged_at = -_REFUSAL_LOG_INTERVAL_S
-        super().__init__(address, _Handler)
+        if setup.listener is None:
+            super().__init__(address, _Handler)
+            return
+        super().__init__(setup.listener.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        # Other processes accept from this socket too: one that finds the connection taken must not
+        # block in accept(). socketserver treats the OSError it gets instead as "no request".
+        self.socket = setup.listener
+        self.socket.setblocking(False)
 
     def process_request(self, request: _Request, client_address: tuple[str, int]) -> None:
         if not self._slots.acquire(blocking=False):
@@ -581,6 +590,8 @@ class EstServer:
     ``ca_bundle`` returns the PEM trust anchors for client certificates (root, issuing and
     manufacturer CAs); ``cacerts`` returns the PEM CA certificates that ``/cacerts`` publishes;
     ``server_cert`` is the server's PEM certificate followed by its chain, ``server_key`` its key.
+    ``listener``, a listening TCP socket, replaces binding ``host`` and ``port``: several processes
+    that serve the same one share its connections (``fleetguard.enroll.est_workers``).
     """
 
     def __init__(
@@ -599,6 +610,7 @@ class EstServer:
         idle_timeout_s: float = 30.0,
         request_timeout_s: float = 10.0,
         reload_interval_s: float = 5.0,
+        listener: socket.socket | None = None,
     ) -> None:
         self._setup = _Setup(
             service=service,
@@ -607,6 +619,7 @@ class EstServer:
             contexts=_Contexts(ca_bundle, server_cert, server_key, interval_s=reload_interval_s),
             cacerts=_CaCertificates(cacerts),
             max_connections=max_connections,
+            listener=listener,
         )
         self._host = host
         self._port = port

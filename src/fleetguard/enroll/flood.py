@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetguard.enroll.errors import EnrollmentThrottled
-from fleetguard.pki.renewal import AdmissionOutcome, RateLimit, RateLimiter
+from fleetguard.pki.renewal import AdmissionOutcome, Limiter, RateLimit, RateLimiter
 
 __all__ = ["EnrollmentLimits", "FloodGuard"]
 
@@ -54,22 +54,38 @@ class EnrollmentLimits:
 
 
 class FloodGuard:
-    """The per-source and installation-wide enrollment buckets; ``monotonic`` gives seconds."""
+    """The per-source and installation-wide enrollment buckets; ``monotonic`` gives seconds.
 
-    def __init__(self, limits: EnrollmentLimits, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    ``limiter`` and ``log_limiter`` replace the buckets made from ``limits`` (the EST worker
+    processes take their tokens from their parent's: ``fleetguard.enroll.est_workers``).
+    """
+
+    def __init__(
+        self,
+        limits: EnrollmentLimits,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        limiter: Limiter | None = None,
+        log_limiter: Limiter | None = None,
+    ) -> None:
         self._monotonic = monotonic
-        self._limiter = RateLimiter(
-            per_device=limits.per_source, fleet=limits.total, max_keys=limits.max_sources
-        )
-        once = RateLimit(rate_per_s=1.0 / limits.throttle_log_interval_s, burst=1)
-        # The installation-wide bucket of throttle log entries bounds them when many sources flood at once.
-        self._log_limiter = RateLimiter(
-            per_device=once, fleet=RateLimit(rate_per_s=10.0, burst=100), max_keys=limits.max_sources
-        )
+        if limiter is None:
+            limiter = RateLimiter(
+                per_device=limits.per_source, fleet=limits.total, max_keys=limits.max_sources
+            )
+        if log_limiter is None:
+            once = RateLimit(rate_per_s=1.0 / limits.throttle_log_interval_s, burst=1)
+            # The installation-wide bucket of throttle log entries bounds them when many sources
+            # flood at once.
+            log_limiter = RateLimiter(
+                per_device=once, fleet=RateLimit(rate_per_s=10.0, burst=100), max_keys=limits.max_sources
+            )
+        self.limiter: Limiter = limiter
+        self.log_limiter: Limiter = log_limiter
 
     def check(self, source: str) -> EnrollmentThrottled | None:
         """Take a token for ``source``; return the error to raise when a bucket is empty, else None."""
-        admission = self._limiter.try_acquire(source, self._monotonic())
+        admission = self.limiter.try_acquire(source, self._monotonic())
         match admission.outcome:
             case AdmissionOutcome.ADMITTED:
                 return None
@@ -87,5 +103,5 @@ class FloodGuard:
 
     def should_log_throttle(self, source: str) -> bool:
         """Return whether a throttled request from ``source`` is to be logged now."""
-        admission = self._log_limiter.try_acquire(source, self._monotonic())
+        admission = self.log_limiter.try_acquire(source, self._monotonic())
         return admission.outcome is AdmissionOutcome.ADMITTED

@@ -133,7 +133,11 @@ EnrollmentOutcome: TypeAlias = Issued | Pending
 
 
 class EnrollmentService:
-    """First enrollment and re-enrollment of devices, and the operator's controls over them."""
+    """First enrollment and re-enrollment of devices, and the operator's controls over them.
+
+    ``flood`` replaces the flood limits made from ``limits`` (the EST worker processes share their
+    parent's: ``fleetguard.enroll.est_workers``).
+    """
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class EnrollmentService:
         on_commit: Callable[[], object] | None = None,
         limits: EnrollmentLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        flood: FloodGuard | None = None,
     ) -> None:
         self._db = database
         self._log = log
@@ -156,7 +161,7 @@ class EnrollmentService:
         self._clock = clock
         self._on_commit = on_commit
         self._limits = limits or EnrollmentLimits()
-        self._flood = FloodGuard(self._limits, monotonic=monotonic)
+        self.flood = flood if flood is not None else FloodGuard(self._limits, monotonic=monotonic)
         self._manufacturers = ManufacturerCas(database, log)
         self._rules = EnrollmentRules(database, log)
         self._tokens = EnrollmentTokens(database, log)
@@ -179,7 +184,7 @@ class EnrollmentService:
         """
         _require_aware(now)
         try:
-            self._flood.admit(request.source)
+            self.flood.admit(request.source)
             csr = _validated(request.csr)
             if request.token is not None:
                 return Issued(self._enroll_with_token(request, csr, now))
@@ -209,7 +214,7 @@ class EnrollmentService:
             return self._renew(current, csr, request, now)
         except EnrollmentError as exc:
             # A refused re-enrollment costs its source a token: see fleetguard.enroll.flood.
-            throttled = None if isinstance(exc, EnrollmentThrottled) else self._flood.check(request.source)
+            throttled = None if isinstance(exc, EnrollmentThrottled) else self.flood.check(request.source)
             self._refused(throttled or exc, request, "simplereenroll", now)
             if throttled is not None:
                 raise throttled from exc
@@ -561,7 +566,7 @@ class EnrollmentService:
     def _refused(
         self, error: EnrollmentError, request: EnrollmentRequest, operation: str, now: dt.datetime
     ) -> None:
-        if isinstance(error, EnrollmentThrottled) and not self._flood.should_log_throttle(request.source):
+        if isinstance(error, EnrollmentThrottled) and not self.flood.should_log_throttle(request.source):
             return
         subject = (
             device_event_subject(error.device_id) if error.device_id else f"enroll-source:{_source(request)}"

@@ -15,7 +15,9 @@ Theory of operation.
   says exactly when a token will be there; the API answers 503 with ``Retry-After``. The limiter's
   clock is a monotonic number of seconds passed in by the caller; its per-device buckets are
   bounded by an LRU cap, so a flood of distinct keys cannot exhaust memory. It is per process:
-  several API replicas each enforce their own fleet bucket.
+  several API replicas each enforce their own fleet bucket. Code that takes tokens depends on the
+  :class:`Limiter` protocol, so that the worker processes of one server can take them from a single
+  limiter held by their parent (``fleetguard.enroll.est_workers``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleetguard.pki.errors import RenewalRefused
 
@@ -34,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_KEYS",
     "Admission",
     "AdmissionOutcome",
+    "Limiter",
     "RateLimit",
     "RateLimiter",
     "Validity",
@@ -163,6 +167,14 @@ class _Bucket:
 
     def wait_for_token(self, limit: RateLimit) -> float:
         return (1.0 - self.tokens) / limit.rate_per_s
+
+
+class Limiter(Protocol):
+    """Takes tokens for keys: a :class:`RateLimiter`, or a stand-in for one in another process."""
+
+    def try_acquire(self, key: str, now: float) -> Admission:
+        """Take a token for ``key`` at monotonic time ``now`` (seconds); return the outcome."""
+        ...
 
 
 class RateLimiter:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -60,7 +61,14 @@ from fleetguard.pki.errors import (
 from fleetguard.pki.keyring import Keyring
 from fleetguard.pki.keys import Curve
 from fleetguard.pki.profile import DeviceProfile, IpAddress, PublicationUrls, ServerProfile, new_serial
-from fleetguard.pki.renewal import AdmissionOutcome, RateLimit, RateLimiter, renewal_time, require_renewable
+from fleetguard.pki.renewal import (
+    AdmissionOutcome,
+    Limiter,
+    RateLimit,
+    RateLimiter,
+    renewal_time,
+    require_renewable,
+)
 from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_of
 from fleetguard.private_file import replace_private_file
 from fleetguard.store.database import Database
@@ -199,6 +207,7 @@ class CertificateService:
         on_revoked: Callable[[CertificateRecord], None] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         serials: Callable[[], int] = new_serial,
+        limiter: Limiter | None = None,
     ) -> None:
         self._db = database
         self._serials = serials
@@ -213,12 +222,17 @@ class CertificateService:
         self._authority: tuple[str, CertificateAuthority] | None = None
         self._authority_checked = 0.0
         self._lock = threading.Lock()
-        self._limiter = RateLimiter(
-            per_device=RateLimit(
-                rate_per_s=settings.device_renewals_per_hour / 3600, burst=settings.device_renewal_burst
-            ),
-            fleet=RateLimit(rate_per_s=settings.renewal_rate_per_s, burst=settings.renewal_burst),
-        )
+        self._limiter = limiter if limiter is not None else _renewal_limiter(settings)
+
+    @property
+    def server_directory(self) -> Path:
+        """Where :meth:`issue_server` writes ``<name>.pem``, ``<name>.chain.pem`` and ``<name>.key.pem``."""
+        return self._settings.data_dir / "pki" / "servers"
+
+    @property
+    def renewal_limiter(self) -> Limiter:
+        """The per-device and fleet renewal buckets (``limiter``, else from the settings)."""
+        return self._limiter
 
     # -- the hierarchy -----------------------------------------------------------------------
 
@@ -570,7 +584,7 @@ class CertificateService:
 
     def _server_certificates(self) -> dict[str, CertificateRecord]:
         """Return the newest certificate of each server name found under ``pki/servers``."""
-        directory = self._settings.data_dir / "pki" / "servers"
+        directory = self.server_directory
         newest: dict[str, CertificateRecord] = {}
         for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
             if path.name.endswith((".key.pem", ".chain.pem")):
@@ -588,7 +602,7 @@ class CertificateService:
         certificate: x509.Certificate,
         ca: CertificateAuthority,
     ) -> None:
-        directory = self._settings.data_dir / "pki" / "servers"
+        directory = self.server_directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -843,6 +857,15 @@ class CertificateService:
 
     def _committed(self) -> None:
         publish_committed(self._on_commit)
+
+
+def _renewal_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(
+        per_device=RateLimit(
+            rate_per_s=settings.device_renewals_per_hour / 3600, burst=settings.device_renewal_burst
+        ),
+        fleet=RateLimit(rate_per_s=settings.renewal_rate_per_s, burst=settings.renewal_burst),
+    )
 
 
 def _addresses(names: x509.SubjectAlternativeName) -> list[IpAddress]:

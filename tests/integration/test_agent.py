@@ -35,8 +35,7 @@ from fleetguard.enroll.rules import RuleMode
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
 from fleetguard.pki.ca import ChainFormat
-from fleetguard.pki.keys import Passphrase
-from fleetguard.pki.keys_pkcs11 import SOFTHSM2_MODULE, Pkcs11Token
+from fleetguard.pki.keys_pkcs11 import SOFTHSM2_MODULE
 from fleetguard.pki.revocation import RevocationReason
 from fleetguard.types import utc_now
 
@@ -373,13 +372,25 @@ def test_pkcs11_key_store_keeps_the_key_on_the_token(fleet: Fleet) -> None:
     first, _ = _enroll_then_renew(fleet, state, "--key-store", "pkcs11", "--pkcs11-token", "device")
     assert not (state / "device-key.pem").exists()
     assert stat.S_IMODE((state / "pkcs11-engine.cnf").stat().st_mode) == 0o600
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        with Pkcs11Token.open(SOFTHSM2_MODULE, "device", Passphrase(b"4321", source="test")) as token:
-            key = token.key("fleetguard-device")  # refuses a key that is extractable or not sensitive
-            assert key.public_key() == first.public_key()
-    finally:
-        del os.environ["SOFTHSM2_CONF"]
+    # SoftHSM reads its configuration once per process: look at the token from a child process, so
+    # that this process's later SoftHSM users (the PKI's HSM tests) keep their own configuration.
+    check = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from cryptography.hazmat.primitives import serialization as s\n"
+        "from fleetguard.pki.keys import Passphrase\n"
+        "from fleetguard.pki.keys_pkcs11 import Pkcs11Token\n"
+        "with Pkcs11Token.open(Path(sys.argv[1]), 'device', Passphrase(b'4321', source='test')) as token:\n"
+        "    key = token.key('fleetguard-device')  # refuses a key that is extractable or not sensitive\n"
+        "    pem = key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo)\n"
+        "    sys.stdout.write(pem.decode())\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", check, str(SOFTHSM2_MODULE)], capture_output=True, text=True, check=False,
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)}, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert serialization.load_pem_public_key(child.stdout.encode()) == first.public_key()
 
 
 # -- TPM 2.0 (swtpm + tpm2-abrmd + tpm2-openssl) -------------------------------------------------------

@@ -139,6 +139,7 @@ class PolicyDecisionPoint:
 
     def decide_all(self, facts: DeviceFacts, context: RequestContext) -> list[Decision]:
         """Return the decisions for every action on every candidate resource of the device."""
+        self._device_entities(facts)  # one parse of the device and all its candidates, for all of them
         decisions = [self.decide(facts, Action.CONNECT, _BROKER, context)]
         for resource in candidate_resources(facts)[1:]:
             decisions += [
@@ -164,10 +165,11 @@ class PolicyDecisionPoint:
                 f"topic space {resource.name!r} is not the one type {resource.owner!r} shares"
             )
         try:
-            if resource not in candidate_resources(facts) and resource.kind is not ResourceKind.BROKER:
-                entities = cedarpy.Entities.from_json_str(json.dumps(_entities(facts, (resource,))))
-            else:
-                entities = self._device_entities(facts)
+            # A device decided in full (decide_all) has its entities cached; a single request needs
+            # only the device and that resource, which parses faster than every candidate.
+            entities = self._entities.get(facts) or cedarpy.Entities.from_json_str(
+                json.dumps(_entities(facts, (resource,)))
+            )
         except ValueError as exc:  # e.g. a risk outside Cedar's 64-bit Long
             raise TrustInputInvalid(
                 f"device {facts.device_id!r}: Cedar cannot read its facts: {exc}"

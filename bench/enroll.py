@@ -363,16 +363,19 @@ def _cpu_s(pid: int | None = None) -> float:
 
 
 def _process_tree(pid: int) -> list[int]:
-    """Return ``pid`` and its descendants (``/proc/<pid>/task/<tid>/children``, Linux 3.5+)."""
+    """Return ``pid`` and its descendants (read from every ``/proc/<pid>/stat``'s ppid)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     tree, pending = [], [pid]
     while pending:
         current = pending.pop()
         tree.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                pending.extend(int(child) for child in children.read_text().split())
-            except FileNotFoundError:
-                continue
+        pending.extend(children.get(current, []))
     return tree
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-# asn1crypto ships no type information; its values are turned into bytes at once.
-from asn1crypto import csr as asn1_csr  # type: ignore[import-untyped]
-from asn1crypto import x509 as asn1_x509
+# asn1crypto ships no type information; only its TLV reader is used, on bytes.
+from asn1crypto import parser as asn1_parser  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -31,8 +30,7 @@ def require_same_subject_and_key(certificate: x509.Certificate, csr: ValidatedCs
 
     Raises ``ReenrollRefused`` naming which differs.
     """
-    certificate_der = certificate.public_bytes(serialization.Encoding.DER)
-    if _certificate_subject(certificate_der) != _csr_subject(csr.der):
+    if _certificate_subject(certificate) != _csr_subject(csr.der):
         raise ReenrollRefused(
             "the CSR's subject differs from the certificate's (RFC 7030 4.2.2)",
             device_id=device_id,
@@ -49,11 +47,34 @@ def require_same_subject_and_key(certificate: x509.Certificate, csr: ValidatedCs
         )
 
 
-def _certificate_subject(der: bytes) -> bytes:
-    return bytes(asn1_x509.Certificate.load(der)["tbs_certificate"]["subject"].dump())
+# The subjects are compared as encoded, so each is cut out of its structure by walking the
+# elements' headers, not by decoding them (that cost more than the rest of this module's work).
+_CONTEXT_0 = 0xA0  # TBSCertificate's version, [0] EXPLICIT, absent in v1 (RFC 5280 4.1)
+
+
+def _certificate_subject(certificate: x509.Certificate) -> bytes:
+    # RFC 5280 4.1: TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature,
+    # issuer, validity, subject, ... }. cryptography gives the TBS as it was signed.
+    tbs = certificate.tbs_certificate_bytes
+    elements = _elements(tbs)
+    return _element(elements, 5 if elements[0] == _CONTEXT_0 else 4)
 
 
 def _csr_subject(der: bytes) -> bytes:
-    # The CSR was decoded already (validate_csr), so this parse cannot fail on what it accepted,
-    # including TPM requests with a NULL in their ECDSA parameters, which cryptography cannot load.
-    return bytes(asn1_csr.CertificationRequest.load(der)["certification_request_info"]["subject"].dump())
+    # RFC 2986 4: CertificationRequest ::= SEQUENCE { certificationRequestInfo SEQUENCE { version,
+    # subject, ... }, ... }. The CSR was decoded already (validate_csr), so this walk cannot fail on
+    # what it accepted, including TPM requests with a NULL in their ECDSA parameters.
+    return _element(_elements(_element(_elements(der), 0)), 1)
+
+
+def _elements(der: bytes) -> bytes:
+    """Return the contents of the constructed value ``der`` (a SEQUENCE): its elements, encoded."""
+    return bytes(asn1_parser.parse(der)[4])
+
+
+def _element(contents: bytes, index: int) -> bytes:
+    """Return the ``index``-th element of ``contents`` (elements one after another), encoded."""
+    offset = 0
+    for _ in range(index):
+        offset += asn1_parser.peek(contents[offset:])
+    return contents[offset : offset + asn1_parser.peek(contents[offset:])]

@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 from asn1crypto import core as asn1_core  # type: ignore[import-untyped]
 from asn1crypto import csr as asn1_csr
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetguard.config import Settings
 from fleetguard.enroll import (
@@ -29,6 +32,7 @@ from fleetguard.enroll import (
     EnrollmentThrottled,
     EnrollmentUnauthenticated,
     ReenrollRefused,
+    reenrollment,
 )
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.lifecycle import Action
@@ -300,3 +304,48 @@ def test_a_source_flooding_refused_reenrollments_is_throttled(device: Device) ->
     # The flood is logged once; the device's own renewal, from the same address, still succeeds.
     assert len(device.refusals()) == 2 + 1
     assert service.reenroll(device.request(), now=device.now).renewed_from == device.record.serial
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+_PRINTABLE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"  # X.680 41.4
+_ATTRIBUTE = st.builds(
+    lambda oid, value: x509.NameAttribute(oid, value[0], _type=value[1]),
+    st.sampled_from([NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME]),
+    st.one_of(
+        st.tuples(st.text(alphabet=_PRINTABLE, min_size=1, max_size=64), st.just(_ASN1Type.PrintableString)),
+        st.tuples(
+            st.text(
+                st.characters(min_codepoint=0x20, max_codepoint=0x7FF, exclude_categories=["Cs"]),
+                min_size=1,
+                max_size=64,
+            ),
+            st.just(_ASN1Type.UTF8String),
+        ),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_ATTRIBUTE, min_size=1, max_size=4), st.booleans())
+def test_subjects_are_cut_out_exactly_as_encoded(
+    attributes: list[x509.NameAttribute], long_serial: bool
+) -> None:
+    # The header walk of fleetguard.enroll.reenrollment against asn1crypto's full decode.
+    subject = x509.Name(attributes)
+    now = utc_now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "an issuing CA of some length")]))
+        .public_key(_KEY.public_key())
+        .serial_number(x509.random_serial_number() if long_serial else 1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(_KEY, hashes.SHA256())
+    )
+    csr = _csr(_KEY, subject)
+
+    tbs = asn1_x509.Certificate.load(certificate.public_bytes(DER))["tbs_certificate"]
+    assert reenrollment._certificate_subject(certificate) == tbs["subject"].dump()
+    info = asn1_csr.CertificationRequest.load(csr)["certification_request_info"]
+    assert reenrollment._csr_subject(csr) == info["subject"].dump()

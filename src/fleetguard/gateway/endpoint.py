@@ -3,7 +3,8 @@
 ``fleetguard up`` calls :func:`open_mqtt_endpoint`. It needs the CA: the broker's TLS server
 certificate (``pki/servers/mqtt.*``) is issued like EST's and renewed by the renewal scheduler; the
 device listener trusts this installation's CAs and checks the complete CRL of every issuing CA,
-refreshed every ``FLEETGUARD_MQTT_CRL_REFRESH_S`` (and at every revocation, through the evaluator).
+refreshed every ``FLEETGUARD_MQTT_CRL_REFRESH_S`` (and at every revocation, through the evaluator);
+at the same check a renewed server certificate restarts the broker (it reads it only at start).
 The gateway directory is ``<data dir>/gateway``.
 
 Then a :class:`~fleetguard.trust.evaluator.ContinuousEvaluator` consumes the event bus and drives the
@@ -21,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fleetguard.errors import FleetguardError
 from fleetguard.gateway.config import BrokerConfig
@@ -132,11 +134,27 @@ def _reconcile_all(runtime: Runtime, evaluator: ContinuousEvaluator) -> None:
 
 
 def _refresh_crl(runtime: Runtime, gateway: GatewayService, stop: threading.Event) -> None:
+    """Refresh the broker's CRL on schedule; restart it when the renewal scheduler renewed its certificate.
+
+    Mosquitto 2.0.11 reads its server certificate only at start, and an expired CRL makes it refuse
+    every device, so both are kept current here.
+    """
+    certificate = gateway.config.server_certificate
+    stamp = _stamp(certificate)
     while not stop.wait(runtime.settings.mqtt_crl_refresh_s):
         try:
+            if _stamp(certificate) != stamp:
+                stamp = _stamp(certificate)
+                _log.info("mqtt: the broker's server certificate was renewed; restarting the broker")
+                gateway.broker.restart()
             gateway.update_crl(_crl_bundle(runtime))
         except (FleetguardError, OSError) as exc:
             _log.error("mqtt: the broker's CRL could not be refreshed: %s", exc)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns
 
 
 def _background(endpoint: MqttEndpoint, name: str, target: Callable[[], None]) -> None:

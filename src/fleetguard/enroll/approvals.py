@@ -197,6 +197,32 @@ class ApprovalQueue:
             row.decided_by = None
             self._log.append(session, failure, now=now)
 
+    def resume_stale(
+        self, request_id: str, *, now: dt.datetime, stale_after: dt.timedelta
+    ) -> QueuedRequest | None:
+        """Take over an approval whose issuance never finished (a crash after :meth:`claim`).
+
+        Returns the request, re-claimed at ``now`` (so that a concurrent caller waits another
+        ``stale_after``), if it is approved, has no certificate, and was claimed before
+        ``now - stale_after``; otherwise ``None``. Logs ``enroll.approval_resumed``.
+        """
+        with self._db.transaction() as session:
+            row = _row(session, request_id, for_update=True)
+            claimed = row.decided_at
+            if (
+                row.status != RequestStatus.APPROVED.value
+                or row.certificate_serial is not None
+                or claimed is None
+                or claimed > now - stale_after
+            ):
+                return None
+            row.decided_at = now
+            self._decision(
+                session, row, "enroll.approval_resumed", "fleetguard", now,
+                reason=f"the certificate of the approval at {claimed.isoformat()} was never recorded",
+            )  # fmt: skip
+            return _request(row)
+
     def record_certificate(self, request_id: str, serial: int) -> None:
         """Record the serial of the certificate issued for an approved request."""
         with self._db.transaction() as session:

@@ -93,6 +93,8 @@ __all__ = [
 ]
 
 _MAX_SOURCE = 128
+STALE_APPROVAL = dt.timedelta(minutes=1)
+"""An approval claimed longer ago than this without a recorded certificate crashed while issuing."""
 _REFUSED_STATES = frozenset({State.QUARANTINED, State.DECOMMISSIONED})
 
 
@@ -485,7 +487,7 @@ class EnrollmentService:
                     hint="repeat the request with the same key, or ask an operator to reject the pending one",
                 )
             case RequestStatus.APPROVED if same_key and latest.certificate_serial is None:
-                return Pending(latest.id, self._limits.pending_retry_after_s)  # approval being issued
+                return self._finish_approval(latest, csr, now)
             case RequestStatus.APPROVED if same_key:
                 assert latest.certificate_serial is not None
                 record = self._pki.find_certificate(latest.certificate_serial)
@@ -502,6 +504,24 @@ class EnrollmentService:
                 )
             case RequestStatus.REJECTED:
                 return None
+
+    def _finish_approval(
+        self, latest: QueuedRequest, csr: ValidatedCsr, now: dt.datetime
+    ) -> EnrollmentOutcome:
+        """Answer a repeat of an approved request whose certificate is not recorded yet.
+
+        Normally the operator's :meth:`approve` is issuing it right now: the device waits. If the
+        claim is older than :data:`STALE_APPROVAL` the approval crashed between claiming and
+        recording; the device's request then finishes it (the approval stands; the key is the same).
+        """
+        resumed = self._queue.resume_stale(latest.id, now=now, stale_after=STALE_APPROVAL)
+        if resumed is None or resumed.device_id is None:
+            return Pending(latest.id, self._limits.pending_retry_after_s)  # approval being issued
+        device = self._inventory.get(resumed.device_id)
+        record = self._issue(device, csr, resumed.decided_by or "fleetguard", now)
+        self._queue.record_certificate(resumed.id, record.serial)
+        self._committed()
+        return Issued(record)
 
     # -- reenroll ----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from fleetguard.enroll import (
     TokenRejected,
     TokenStatus,
 )
+from fleetguard.enroll.service import STALE_APPROVAL
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.lifecycle import Action, State
 from fleetguard.inventory.model import DeviceFilter, DeviceSpec
@@ -726,3 +727,30 @@ def test_rules_are_set_replaced_and_removed(setup: Setup) -> None:
         setup.service.remove_rule("Acme", "Cam-X", actor="ops")
     assert setup.service.rules() == []
     assert len(_events(setup.runtime, "enroll.rule-set")) == 2
+
+
+def test_an_approval_that_crashed_before_its_certificate_is_finished_by_the_devices_next_request(
+    setup: Setup,
+) -> None:
+    setup.service.set_rule("Acme", "Cam-X", RuleMode.APPROVE, actor="ops", now=setup.now)
+    chain = setup.acme.idevid("ACME-1", "Cam-X")
+    key = _key()
+    pending = setup.service.enroll(_request(_csr(key), chain=chain), now=setup.now)
+    assert isinstance(pending, Pending)
+    # The operator's approval claims the request, then the process dies before issuing.
+    setup.service._queue.claim(pending.request_id, device_id="cam-1", actor="alice", now=setup.now)
+
+    soon = setup.service.enroll(_request(_csr(key), chain=chain), now=setup.now + dt.timedelta(seconds=30))
+    assert soon == Pending(pending.request_id, 60)  # the approval may still be issuing: wait
+    assert _certificates(setup.runtime) == []
+
+    later = setup.now + STALE_APPROVAL + dt.timedelta(seconds=1)
+    record = _issued(setup.service.enroll(_request(_csr(key), chain=chain), now=later))
+
+    assert record.device_id == "cam-1"
+    assert x509.load_der_x509_certificate(record.der).public_key() == key.public_key()
+    assert setup.service.request(pending.request_id).certificate_serial == record.serial
+    assert [s for _, s, _, _ in _events(setup.runtime, "enroll.approval_resumed")] == ["device:cam-1"]
+    again = _issued(setup.service.enroll(_request(_csr(key), chain=chain), now=later))
+    assert again.serial == record.serial  # handed out again, not issued twice
+    assert len(_certificates(setup.runtime)) == 1

@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prerequisites import require
 
 from fleetguard.config import Settings
 from fleetguard.enroll.est_server import EstServer
@@ -45,13 +46,6 @@ AGENT = str(Path(sys.executable).with_name("fleetguard-agent"))
 TPM_TOOLS = ("swtpm", "tpm2-abrmd", "dbus-daemon")
 TPM2_PROVIDER = Path("/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so")
 LIBP11_ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
-
-
-def _require(present: bool, what: str) -> None:
-    if not present:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} is missing under CI")
-        pytest.skip(f"{what} is not installed")
 
 
 @dataclass
@@ -96,7 +90,7 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     """An installation whose CA began 60 days ago, device ``dev-1`` registered, EST on a loopback port."""
-    _require(Path(AGENT).exists(), "the fleetguard-agent program")
+    require(Path(AGENT).exists(), "the fleetguard-agent program")
     monkeypatch.setenv("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
     settings = Settings(data_dir=tmp_path / "data", pki_base_url="http://127.0.0.1:1/pki")
     initialize(settings, "example.org", now=utc_now())
@@ -357,8 +351,8 @@ def test_a_factory_certificate_waits_for_approval_then_the_same_request_collects
 
 
 def test_pkcs11_key_store_keeps_the_key_on_the_token(fleet: Fleet) -> None:
-    _require(shutil.which("softhsm2-util") is not None and SOFTHSM2_MODULE.exists(), "SoftHSM2")
-    _require(LIBP11_ENGINE.exists(), "libengine-pkcs11-openssl")
+    require(shutil.which("softhsm2-util") is not None and SOFTHSM2_MODULE.exists(), "SoftHSM2")
+    require(LIBP11_ENGINE.exists(), "libengine-pkcs11-openssl")
     tokens = fleet.tmp / "tokens"
     tokens.mkdir()
     conf = fleet.tmp / "softhsm2.conf"
@@ -441,8 +435,8 @@ def _wait_for_tpm(env: dict[str, str]) -> None:
 def tpm(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A software TPM behind a private tpm2-abrmd on a private D-Bus; yields the environment to reach it."""
     for tool in TPM_TOOLS:
-        _require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), tool)
-    _require(TPM2_PROVIDER.exists(), "tpm2-openssl")
+        require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), tool)
+    require(TPM2_PROVIDER.exists(), "tpm2-openssl")
     state = tmp_path / "swtpm"
     state.mkdir()
     server = _free_port_pair()

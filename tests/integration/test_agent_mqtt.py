@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prerequisites import free_port, require
 
 from fleetguard.config import Settings
 from fleetguard.enroll.est_server import EstServer
@@ -48,13 +49,6 @@ MOSQUITTO = Path("/usr/sbin/mosquitto")
 TPM_TOOLS = ("swtpm", "tpm2-abrmd", "dbus-daemon")
 TPM2_PROVIDER = Path("/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so")
 WAIT_S = 20.0
-
-
-def _require(present: bool, what: str) -> None:
-    if not present:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} is missing under CI")
-        pytest.skip(f"{what} is not installed")
 
 
 @dataclass
@@ -186,12 +180,6 @@ class Watcher:
         self.client.loop_stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 10
     while True:
@@ -228,8 +216,8 @@ def _start_mosquitto(tmp: Path, servers: Path, ca_bundle: Path, port: int) -> su
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     """An installation with device ``dev-1`` registered, EST and Mosquitto on loopback ports."""
-    _require(Path(AGENT).exists(), "the fleetguard-agent program")
-    _require(MOSQUITTO.exists(), "mosquitto")
+    require(Path(AGENT).exists(), "the fleetguard-agent program")
+    require(MOSQUITTO.exists(), "mosquitto")
     monkeypatch.setenv("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
     settings = Settings(data_dir=tmp_path / "data", pki_base_url="http://127.0.0.1:1/pki")
     initialize(settings, "example.org", now=utc_now())
@@ -248,7 +236,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         servers / "est.key.pem",
     )
     server.start()
-    port = _free_port()
+    port = free_port()
     broker = _start_mosquitto(tmp_path, servers, bundle, port)
     root = tmp_path / "root.pem"
     root.write_bytes(runtime.pki.authorities()[0].certificate.public_bytes(PEM))
@@ -348,7 +336,7 @@ def test_a_broker_that_refuses_the_certificate_is_retried_with_backoff_until_sig
         .sign(foreign_key, hashes.SHA256())
     )  # fmt: skip
     (other / "foreign.pem").write_bytes(foreign.public_bytes(PEM))
-    port = _free_port()
+    port = free_port()
     broker = _start_mosquitto(other, fleet.tmp / "data" / "pki" / "servers", other / "foreign.pem", port)
     config = json.loads((state / "agent.json").read_text())
     (state / "agent.json").write_text(json.dumps({**config, "mqtt_url": f"mqtts://127.0.0.1:{port}"}))
@@ -394,12 +382,12 @@ def test_sigterm_disconnects_and_leaves_the_status_offline(fleet: Fleet) -> None
 def tpm(tmp_path: Path) -> Iterator[dict[str, str]]:
     """swtpm behind a private tpm2-abrmd on a private D-Bus (as in test_agent.py); yields its environment."""
     for tool in TPM_TOOLS:
-        _require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), tool)
-    _require(TPM2_PROVIDER.exists(), "tpm2-openssl")
+        require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), tool)
+    require(TPM2_PROVIDER.exists(), "tpm2-openssl")
     (tmp_path / "swtpm").mkdir()
-    server = _free_port()
+    server = free_port()
     while _port_in_use(server + 1):  # the swtpm TCTI finds the control channel on the next port
-        server = _free_port()
+        server = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes.append(subprocess.Popen([

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prerequisites import free_port
 
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
@@ -28,11 +28,6 @@ def _environment(data_dir: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("FLEETGUARD_")}
     env["FLEETGUARD_DATA_DIR"] = str(data_dir)
     return env
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def _wait_until_healthy(base: str, server: subprocess.Popen[str]) -> None:
@@ -57,7 +52,7 @@ def test_up_serves_the_api_and_exits_cleanly_on_a_signal(tmp_path: Path, stop_si
         env=env, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     token = json.loads(init.stdout)["admin_token"]
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [*_fleetguard(), "up", "--port", str(port)],
@@ -98,7 +93,7 @@ def test_up_serves_est_with_its_own_server_certificate_once_the_ca_exists(tmp_pa
         subprocess.run([*_fleetguard(), *command], env=env, capture_output=True, check=True, timeout=60)
     bundle = tmp_path / "bundle.pem"
     subprocess.run([*_fleetguard(), "ca", "export", str(bundle)], env=env, check=True, timeout=60)
-    port, est_port = _free_port(), _free_port()
+    port, est_port = free_port(), free_port()
     env["FLEETGUARD_EST_PORT"] = str(est_port)
     server = subprocess.Popen(
         [*_fleetguard(), "up", "--port", str(port)],

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prerequisites import tool
 
 from fleetguard.config import Settings
 from fleetguard.enroll.est_server import EstServer
@@ -35,15 +34,6 @@ PEM = serialization.Encoding.PEM
 DEVICE_ID = "dev-1"
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing under CI")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 @dataclass(frozen=True)
 class Est:
     url: str
@@ -54,7 +44,7 @@ class Est:
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a client in the work directory; return what it printed."""
         result = subprocess.run(
-            [_tool(command[0]), *command[1:]],
+            [tool(command[0]), *command[1:]],
             cwd=self.workdir,
             capture_output=True,
             text=True,
@@ -93,8 +83,8 @@ class Est:
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Est]:
     """An installation whose CA began 60 days ago, a registered device, and EST on a loopback port."""
-    for tool in ("curl", "openssl", "base64", "sh"):
-        _tool(tool)
+    for program in ("curl", "openssl", "base64", "sh"):
+        tool(program)
     monkeypatch.setenv("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
     settings = Settings(data_dir=tmp_path / "data", pki_base_url="http://127.0.0.1:1/pki")
     initialize(settings, "example.org", now=utc_now())

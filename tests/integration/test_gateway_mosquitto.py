@@ -15,7 +15,6 @@ import datetime as dt
 import ipaddress
 import os
 import signal
-import socket
 import stat
 import threading
 import time
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from prerequisites import free_port
 
 from fleetguard.config import Settings
 from fleetguard.gateway import BrokerConfig, GatewayService, Outcome, find_mosquitto
@@ -60,12 +60,6 @@ def _require_mosquitto() -> Path:
         pytest.skip(f"{missing} is not installed")
     assert executable is not None
     return executable
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,7 @@ def gateway(fleet: Fleet, tmp_path: Path) -> Iterator[GatewayService]:
     config = BrokerConfig(
         directory=tmp_path / "gateway", ca_bundle=fleet.bundle,
         server_certificate=servers / "mqtt.chain.pem", server_key=servers / "mqtt.key.pem",
-        listen_host="127.0.0.1", listen_port=_free_port(), control_port=_free_port(),
+        listen_host="127.0.0.1", listen_port=free_port(), control_port=free_port(),
     )  # fmt: skip
     service = GatewayService(config, executable=_require_mosquitto(), ready_timeout_s=1.5)
     service.start(fleet.crl())

@@ -8,8 +8,6 @@ Skipped when openssl or curl is missing, except under CI, where that is a failur
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -22,6 +20,7 @@ import pytest
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prerequisites import tool
 
 from fleetguard.api.app import create_app
 from fleetguard.config import Settings
@@ -30,15 +29,6 @@ from fleetguard.types import utc_now
 
 PEM_CHAIN = "application/pem-certificate-chain"
 PEM = serialization.Encoding.PEM
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing under CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,7 @@ class Served:
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a client in the work directory; return what it printed."""
         result = subprocess.run(
-            [_tool(command[0]), *command[1:]],
+            [tool(command[0]), *command[1:]],
             cwd=self.workdir,
             capture_output=True,
             text=True,
@@ -75,8 +65,8 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     """A fresh installation with a CA, served by uvicorn in a thread; its PKI URLs name that server."""
-    _tool("curl")
-    _tool("openssl")
+    tool("curl")
+    tool("openssl")
     monkeypatch.setenv("FLEETGUARD_CA_PASSPHRASE", "correct horse battery staple")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))

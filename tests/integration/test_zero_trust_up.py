@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
+from prerequisites import free_port
 
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
@@ -53,11 +54,6 @@ def _require_mosquitto() -> None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto is missing under CI")
         pytest.skip("mosquitto is not installed")
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def _fleetguard() -> list[str]:
@@ -188,7 +184,7 @@ def _issue(runtime: Runtime, files: Path, device_id: str) -> None:
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     _require_mosquitto()
     data = tmp_path / "data"
-    api_port, mqtt_port, control_port = _free_port(), _free_port(), _free_port()
+    api_port, mqtt_port, control_port = free_port(), free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FLEETGUARD_")}
     env.update(
         FLEETGUARD_DATA_DIR=str(data), FLEETGUARD_CA_PASSPHRASE="zero trust test", FLEETGUARD_EST_PORT="0",

@@ -8,7 +8,12 @@ retries (1 ms, then up to 100 ms a try), so under many threads some waited secon
 taking the lock, and a few ran out of ``busy_timeout``. The writer at the head of the queue then
 takes an exclusive ``flock`` on ``<database>-writer``, retrying every millisecond at most, so that
 writers in several processes of the installation (the EST workers, a CLI beside ``up``) meet there
-rather than in the busy handler. Both waits together are bounded by ``busy_timeout``. A program
+rather than in the busy handler. A process polling for that lock holds a shared ``flock`` on
+``<database>-writer-wait``; a process that releases the writer lock and sees (by failing to take
+that file exclusively) that another process waits lets it go first, for up to 5 ms, before its own
+next writer tries: otherwise the lock passed from thread to thread inside one busy process while the
+other processes kept polling, and they ran out of time. Both waits together are bounded by
+``busy_timeout``. A program
 that writes the database without that lock still meets the busy handler, and SQLite's own locking
 keeps it correct either way.
 
@@ -45,6 +50,9 @@ _READ_ONLY = "fleetguard_read_only"
 # sleeps 1 ms, then up to 100 ms, between tries).
 _FILE_LOCK_FIRST_RETRY_S = 0.000_05
 _FILE_LOCK_MAX_RETRY_S = 0.001
+# How long a process that just released the writer lock, with writers of another process waiting,
+# lets them take it before its own next writer tries again (they poll every millisecond at most).
+_FILE_LOCK_YIELD_S = 0.005
 
 
 class Database:
@@ -134,7 +142,10 @@ class _WriterQueue:
     def __init__(self, timeout_s: float, lock_path: Path | None) -> None:
         self._timeout_s = timeout_s
         self._lock_path = lock_path
+        self._wait_path = None if lock_path is None else Path(f"{lock_path}-wait")
         self._lock_fd: int | None = None
+        self._wait_fd: int | None = None
+        self._others_waiting = False
         self._mutex = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
@@ -175,22 +186,39 @@ class _WriterQueue:
         raise _locked("by a long write in this process")
 
     def _lock_file(self, deadline: float) -> None:
-        if self._lock_path is None:
+        if self._lock_path is None or self._wait_path is None:
             return
         if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        delay = _FILE_LOCK_FIRST_RETRY_S
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            else:
-                return
-            if time.monotonic() >= deadline:
-                raise _locked("by another process of the installation")
-            time.sleep(delay)
-            delay = min(2 * delay, _FILE_LOCK_MAX_RETRY_S)
+            self._lock_fd = _open_lock(self._lock_path)
+            self._wait_fd = _open_lock(self._wait_path)
+        if self._others_waiting:
+            self._others_waiting = False
+            self._let_others_go_first(deadline)
+        if _try_flock(self._lock_fd, fcntl.LOCK_EX):
+            return
+        assert self._wait_fd is not None
+        fcntl.flock(self._wait_fd, fcntl.LOCK_SH)
+        try:
+            delay = _FILE_LOCK_FIRST_RETRY_S
+            while not _try_flock(self._lock_fd, fcntl.LOCK_EX):
+                if time.monotonic() >= deadline:
+                    raise _locked("by another process of the installation")
+                time.sleep(delay)
+                delay = min(2 * delay, _FILE_LOCK_MAX_RETRY_S)
+        finally:
+            fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+
+    def _let_others_go_first(self, deadline: float) -> None:
+        until = min(deadline, time.monotonic() + _FILE_LOCK_YIELD_S)
+        while self._another_process_waits() and time.monotonic() < until:
+            time.sleep(_FILE_LOCK_MAX_RETRY_S / 2)
+
+    def _another_process_waits(self) -> bool:
+        assert self._wait_fd is not None
+        if not _try_flock(self._wait_fd, fcntl.LOCK_EX):
+            return True
+        fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+        return False
 
     def _release(self) -> None:
         with self._mutex:
@@ -202,15 +230,30 @@ class _WriterQueue:
             if not self._waiting:
                 self._owner = None
                 return
+            if self._wait_fd is not None:
+                self._others_waiting = self._another_process_waits()
             self._owner, turn = self._waiting.popleft()
             self._depth = 1
             turn.release()
 
     def close(self) -> None:
         with self._mutex:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            for fd in (self._lock_fd, self._wait_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._lock_fd = self._wait_fd = None
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _locked(by: str) -> StoreUnavailable:

@@ -1,0 +1,392 @@
+"""Compile the fleet's MUD profiles into the elements of a few large nftables sets.
+
+Theory of operation. Every distinct MUD URL in the fleet is a *class* with a small integer id.
+Devices join their class through one map (address -> class); what a class may do is a handful of
+concatenated interval sets keyed by ``class . protocol . remote network . ports``. A packet from a
+managed device looks up its class once and then the allow set once, so the cost of a decision and
+of a quarantine does not grow with the number of devices, and 50,000 devices of 40 models are
+50,000 map elements plus the models' rules, not 50,000 chains.
+
+Enforcement is stateful, as a gateway's is: the ``from-device`` ACEs decide which connections the
+device may open, the ``to-device`` ACEs which connections others may open to it, and replies ride
+on connection tracking. So a TCP ACE whose ``direction-initiated`` (RFC 8520 section 4.2) names
+the other side allows no new connection in its own direction; its flows are the replies of
+connections the other ACL allows. A flow between two managed devices must be allowed by both the
+sender's ``from-device`` and the receiver's ``to-device`` policy.
+
+Abstract peers are resolved here against a :class:`FleetContext` (RFC 8520 section 8):
+``manufacturer``/``same-manufacturer``/``model`` become the addresses of the fleet's devices whose
+MUD URL has that authority or is that URL; ``local-networks`` the configured prefixes; ``controller``
+and ``my-controller`` the configured controllers (``urn:ietf:params:mud:dns``/``ntp`` included);
+DNS names the addresses the resolver last returned. An ACE's peers are intersected. A name with
+no addresses, a controller nobody configured or an empty intersection allows nothing and is
+reported in :attr:`CompiledFleet.unresolved`; it never widens to "any".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fleetguard.segment.model import Ace, Direction, Family, MudProfile, Peer, PeerKind, PortRange
+
+__all__ = [
+    "ANY_PROTOCOL",
+    "ClassRules",
+    "CompiledFleet",
+    "DeviceBinding",
+    "FleetContext",
+    "IcmpElement",
+    "IpAddress",
+    "IpNetwork",
+    "PortElement",
+    "compile_fleet",
+    "compile_profile",
+    "profile_names",
+]
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ANY_PROTOCOL = (0, 255)
+_ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
+_ANY6 = ipaddress.IPv6Network("::/0")
+_ICMP = {Family.IPV4: 1, Family.IPV6: 58}
+# Classes are nftables marks; 0 is "no class" (a managed device whose profile is missing).
+_NO_CLASS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBinding:
+    """Where a managed device is on the network, and the MUD URL its policy comes from."""
+
+    device_id: str
+    mud_url: str | None
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    mac: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetContext:
+    """What a MUD file leaves to the local administrator (RFC 8520 sections 8.5-8.7)."""
+
+    local_networks: tuple[IpNetwork, ...] = ()
+    controllers: Mapping[str, tuple[IpAddress, ...]] = field(default_factory=dict)
+    my_controllers: Mapping[str, tuple[IpAddress, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortElement:
+    """One element of an allow set: ``class . protocol . remote . remote ports . device ports``."""
+
+    klass: int
+    protocol: tuple[int, int]
+    remote: IpNetwork
+    remote_ports: PortRange
+    device_ports: PortRange
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class IcmpElement:
+    """One element of an ICMP allow set: ``class . remote . type range . code range``."""
+
+    klass: int
+    remote: IpNetwork
+    types: tuple[int, int]
+    codes: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassRules:
+    """What one class (MUD URL) may do, by family and direction, as set elements."""
+
+    ports: Mapping[tuple[Family, Direction], frozenset[PortElement]]
+    icmp: Mapping[tuple[Family, Direction], frozenset[IcmpElement]]
+    ethertypes: frozenset[tuple[int, str | None]]  # from-device (ethertype, destination MAC)
+    unresolved: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFleet:
+    """The whole fleet as set elements; :mod:`fleetguard.segment.nftables` renders it."""
+
+    classes: Mapping[str, int]  # MUD URL -> class id
+    members4: Mapping[ipaddress.IPv4Address, int]
+    members6: Mapping[ipaddress.IPv6Address, int]
+    macs: Mapping[str, int]
+    rules: Mapping[int, ClassRules]
+    devices: Mapping[str, DeviceBinding]
+    unprofiled: tuple[str, ...]  # managed devices whose MUD profile is unknown: they get nothing
+    unresolved: Mapping[str, tuple[str, ...]]  # MUD URL -> what allowed nothing, and why
+
+    def class_of(self, device_id: str) -> int:
+        """The class id of a managed device (0: no profile, so nothing is allowed)."""
+        binding = self.devices[device_id]
+        return self.classes.get(binding.mud_url or "", _NO_CLASS)
+
+
+def profile_names(profiles: Iterable[MudProfile]) -> frozenset[str]:
+    """Every DNS name the profiles refer to; the resolver keeps these current."""
+    return frozenset(
+        peer.value
+        for profile in profiles
+        for ace in profile.aces
+        for peer in ace.peers
+        if peer.kind is PeerKind.DNS_NAME
+    )
+
+
+def compile_fleet(
+    profiles: Mapping[str, MudProfile],
+    devices: Sequence[DeviceBinding],
+    context: FleetContext,
+    dns: Mapping[str, tuple[IpAddress, ...]],
+) -> CompiledFleet:
+    """Compile every device's profile; pure, so the same inputs give the same elements.
+
+    ``profiles`` maps MUD URL to profile; ``dns`` maps each name of :func:`profile_names` to the
+    addresses it resolves to now. A device whose MUD URL has no profile is managed and denied.
+    """
+    classes = {url: number for number, url in enumerate(sorted(profiles), start=1)}
+    peers = _FleetPeers.from_devices(devices, context, dns)
+    rules = {classes[url]: compile_profile(profile, classes[url], peers) for url, profile in profiles.items()}
+    members4: dict[ipaddress.IPv4Address, int] = {}
+    members6: dict[ipaddress.IPv6Address, int] = {}
+    macs: dict[str, int] = {}
+    unprofiled: list[str] = []
+    for device in devices:
+        klass = classes.get(device.mud_url or "", _NO_CLASS)
+        if klass == _NO_CLASS:
+            unprofiled.append(device.device_id)
+        if device.ipv4 is not None:
+            members4[device.ipv4] = klass
+        if device.ipv6 is not None:
+            members6[device.ipv6] = klass
+        if device.mac is not None:
+            macs[device.mac] = klass
+    unresolved = {
+        url: rules[number].unresolved for url, number in classes.items() if rules[number].unresolved
+    }
+    return CompiledFleet(
+        classes=classes,
+        members4=members4,
+        members6=members6,
+        macs=macs,
+        rules=rules,
+        devices={device.device_id: device for device in devices},
+        unprofiled=tuple(sorted(unprofiled)),
+        unresolved=unresolved,
+    )
+
+
+def compile_profile(profile: MudProfile, klass: int, peers: _FleetPeers) -> ClassRules:
+    """The set elements of one profile as class ``klass``."""
+    ports: dict[tuple[Family, Direction], set[PortElement]] = {}
+    icmp: dict[tuple[Family, Direction], set[IcmpElement]] = {}
+    ethertypes: set[tuple[int, str | None]] = set()
+    unresolved: list[str] = []
+    for ace in profile.aces:
+        if ace.family is Family.ETH:
+            if ace.direction is Direction.FROM_DEVICE and ace.ethertype is not None:
+                ethertypes.add((ace.ethertype, ace.destination_mac))
+            continue
+        if _replies_only(ace):
+            continue
+        remotes, why = peers.networks(ace, profile)
+        if not remotes:
+            unresolved.append(f"{ace.acl}/{ace.name}: {why}")
+            continue
+        key = (ace.family, ace.direction)
+        # ICMP is checked in sets of its own (type and code, no ports); an ACE for any protocol
+        # allows ICMP too.
+        if ace.protocol is None or ace.protocol == _ICMP[ace.family]:
+            icmp.setdefault(key, set()).update(_icmp_elements(ace, klass, remotes))
+        if ace.protocol != _ICMP[ace.family]:
+            ports.setdefault(key, set()).update(_port_elements(ace, klass, remotes))
+    return ClassRules(
+        ports={key: _without_subsumed_ports(value) for key, value in ports.items()},
+        icmp={key: _without_subsumed_icmp(value) for key, value in icmp.items()},
+        ethertypes=frozenset(ethertypes),
+        unresolved=tuple(unresolved),
+    )
+
+
+def _replies_only(ace: Ace) -> bool:
+    # RFC 8520 section 4.2: direction-initiated names who opens the TCP connection; an ACE in the
+    # other direction's ACL describes that connection's replies, which connection tracking passes.
+    return ace.initiated is not None and ace.initiated is not ace.direction
+
+
+def _port_elements(ace: Ace, klass: int, remotes: Sequence[IpNetwork]) -> Iterable[PortElement]:
+    protocol = ANY_PROTOCOL if ace.protocol is None else (ace.protocol, ace.protocol)
+    for remote in remotes:
+        for remote_ports in ace.remote_ports:
+            for device_ports in ace.device_ports:
+                yield PortElement(klass, protocol, remote, remote_ports, device_ports)
+
+
+def _icmp_elements(ace: Ace, klass: int, remotes: Sequence[IpNetwork]) -> Iterable[IcmpElement]:
+    types = (0, 255) if ace.icmp_type is None else (ace.icmp_type, ace.icmp_type)
+    codes = (0, 255) if ace.icmp_code is None else (ace.icmp_code, ace.icmp_code)
+    for remote in remotes:
+        yield IcmpElement(klass, remote, types, codes)
+
+
+@dataclass(frozen=True, slots=True)
+class _FleetPeers:
+    """Resolves an ACE's peers to networks of its family (see the module docstring)."""
+
+    by_authority: Mapping[str, tuple[IpAddress, ...]]
+    by_url: Mapping[str, tuple[IpAddress, ...]]
+    context: FleetContext
+    dns: Mapping[str, tuple[IpAddress, ...]]
+
+    @classmethod
+    def from_devices(
+        cls, devices: Sequence[DeviceBinding], context: FleetContext, dns: Mapping[str, tuple[IpAddress, ...]]
+    ) -> _FleetPeers:
+        by_authority: dict[str, list[IpAddress]] = {}
+        by_url: dict[str, list[IpAddress]] = {}
+        for device in devices:
+            if not device.mud_url:
+                continue
+            addresses = [address for address in (device.ipv4, device.ipv6) if address is not None]
+            authority = (urlsplit(device.mud_url).hostname or "").lower()
+            by_authority.setdefault(authority, []).extend(addresses)
+            by_url.setdefault(device.mud_url, []).extend(addresses)
+        return cls(
+            by_authority={key: tuple(value) for key, value in by_authority.items()},
+            by_url={key: tuple(value) for key, value in by_url.items()},
+            context=context,
+            dns=dns,
+        )
+
+    def networks(self, ace: Ace, profile: MudProfile) -> tuple[list[IpNetwork], str]:
+        """The remote networks ``ace`` allows, and why there are none when the list is empty."""
+        result: list[IpNetwork] = [_ANY4 if ace.family is Family.IPV4 else _ANY6]
+        for peer in ace.peers:
+            allowed = [net for net in self._peer(peer, profile) if _family(net) is ace.family]
+            if not allowed:
+                return [], _no_addresses(peer)
+            result = _intersect(result, allowed)
+            if not result:
+                return [], "its address constraints do not overlap"
+        return sorted(set(result), key=_network_key), ""
+
+    def _peer(self, peer: Peer, profile: MudProfile) -> Sequence[IpNetwork]:  # noqa: PLR0911 - one per kind
+        match peer.kind:
+            case PeerKind.NETWORK:
+                return [ipaddress.ip_network(peer.value)]
+            case PeerKind.DNS_NAME:
+                return _hosts(self.dns.get(peer.value, ()))
+            case PeerKind.MANUFACTURER:
+                return _hosts(self.by_authority.get(peer.value, ()))
+            case PeerKind.SAME_MANUFACTURER:
+                return _hosts(self.by_authority.get(profile.authority, ()))
+            case PeerKind.MODEL:
+                return _hosts(self.by_url.get(peer.value, ()))
+            case PeerKind.LOCAL_NETWORKS:
+                return self.context.local_networks
+            case PeerKind.CONTROLLER:
+                return _hosts(self.context.controllers.get(peer.value, ()))
+            case PeerKind.MY_CONTROLLER:
+                return _hosts(self.context.my_controllers.get(profile.url, ()))
+
+
+def _without_subsumed_ports(elements: set[PortElement]) -> frozenset[PortElement]:
+    # nftables refuses an interval element that lies wholly inside another ("File exists"), and
+    # it would add nothing: keep only elements no other element covers.
+    groups: dict[_PortKey, list[IpNetwork]] = {}
+    for e in elements:
+        groups.setdefault((e.klass, e.protocol, e.remote_ports, e.device_ports), []).append(e.remote)
+    kept = {key: _collapse(networks) for key, networks in groups.items()}
+    out: set[PortElement] = set()
+    for key, networks in kept.items():
+        wider = [
+            kept[other] for other in kept if other != key and other[0] == key[0] and _covers_ports(other, key)
+        ]
+        for network in networks:
+            if not any(_within(network, nets) for nets in wider):
+                out.add(PortElement(key[0], key[1], network, key[2], key[3]))
+    return frozenset(out)
+
+
+_PortKey = tuple[int, tuple[int, int], PortRange, PortRange]
+
+
+def _covers_ports(wide: _PortKey, narrow: _PortKey) -> bool:
+    return (
+        wide[1][0] <= narrow[1][0] and narrow[1][1] <= wide[1][1]
+        and wide[2].low <= narrow[2].low and narrow[2].high <= wide[2].high
+        and wide[3].low <= narrow[3].low and narrow[3].high <= wide[3].high
+    )  # fmt: skip
+
+
+def _without_subsumed_icmp(elements: set[IcmpElement]) -> frozenset[IcmpElement]:
+    groups: dict[tuple[int, tuple[int, int], tuple[int, int]], list[IpNetwork]] = {}
+    for e in elements:
+        groups.setdefault((e.klass, e.types, e.codes), []).append(e.remote)
+    kept = {key: _collapse(networks) for key, networks in groups.items()}
+    out: set[IcmpElement] = set()
+    for key, networks in kept.items():
+        wider = [
+            kept[other]
+            for other in kept
+            if other != key and other[0] == key[0]
+            and _range_in(key[1], other[1]) and _range_in(key[2], other[2])
+        ]  # fmt: skip
+        for network in networks:
+            if not any(_within(network, nets) for nets in wider):
+                out.add(IcmpElement(key[0], network, key[1], key[2]))
+    return frozenset(out)
+
+
+def _range_in(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
+    return outer[0] <= inner[0] and inner[1] <= outer[1]
+
+
+def _collapse(networks: list[IpNetwork]) -> list[IpNetwork]:
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
+
+
+def _within(network: IpNetwork, networks: list[IpNetwork]) -> bool:
+    return any(
+        network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]
+        for other in networks
+    )
+
+
+def _no_addresses(peer: Peer) -> str:
+    what = f"{peer.kind.value} {peer.value}".rstrip()
+    return f"{what} has no addresses of this family"
+
+
+def _hosts(addresses: Iterable[IpAddress]) -> list[IpNetwork]:
+    return [ipaddress.ip_network(address) for address in addresses]
+
+
+def _family(network: IpNetwork) -> Family:
+    return Family.IPV4 if network.version == 4 else Family.IPV6
+
+
+def _network_key(network: IpNetwork) -> tuple[int, int, int]:
+    return (network.version, int(network.network_address), network.prefixlen)
+
+
+def _intersect(left: Sequence[IpNetwork], right: Sequence[IpNetwork]) -> list[IpNetwork]:
+    # Two prefixes overlap only when one contains the other; the overlap is the longer one.
+    out: list[IpNetwork] = []
+    for a in left:
+        for b in right:
+            if a.version != b.version:
+                continue
+            if a.prefixlen >= b.prefixlen and a.subnet_of(b):  # type: ignore[arg-type]
+                out.append(a)
+            elif b.subnet_of(a):  # type: ignore[arg-type]
+                out.append(b)
+    return out

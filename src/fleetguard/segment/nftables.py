@@ -292,7 +292,7 @@ class Nftables:
             raise RulesetRejected(
                 f"nft refused the change (exit {done.returncode}); "
                 f"the ruleset in force is unchanged: {error}",
-                hint="run as root (CAP_NET_ADMIN) with a kernel that has nf_tables",
+                hint="nft needs root (CAP_NET_ADMIN) and a kernel with nf_tables; see nft's message",
             )
         return done.stdout[:_MAX_OUTPUT].decode("utf-8", "replace")
 

@@ -65,8 +65,8 @@ class Lab:
         namespace = self._namespace(name)
         gateway_address = address.rsplit(".", 1)[0] + ".1"
         inside, outside = f"v{len(self.hosts)}h", f"v{len(self.hosts)}g"
-        _run(["ip", "link", "add", inside, "netns", namespace, "type", "veth", "peer", "name", outside, "netns",
-              self.gateway])  # fmt: skip
+        _run(["ip", "link", "add", inside, "netns", namespace, "type", "veth",
+              "peer", "name", outside, "netns", self.gateway])  # fmt: skip
         _run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", inside])
         _run(["ip", "-n", namespace, "link", "set", inside, "up"])
         _run(["ip", "-n", namespace, "route", "add", "default", "via", gateway_address])

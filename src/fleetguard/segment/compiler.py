@@ -25,6 +25,7 @@ reported in :attr:`CompiledFleet.unresolved`; it never widens to "any".
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -243,6 +244,7 @@ class _FleetPeers:
     by_url: Mapping[str, tuple[IpAddress, ...]]
     context: FleetContext
     dns: Mapping[str, tuple[IpAddress, ...]]
+    cache: dict[tuple[PeerKind, str, str], list[IpNetwork]] = field(default_factory=dict)
 
     @classmethod
     def from_devices(
@@ -251,12 +253,14 @@ class _FleetPeers:
         by_authority: dict[str, list[IpAddress]] = {}
         by_url: dict[str, list[IpAddress]] = {}
         for device in devices:
-            if not device.mud_url:
-                continue
-            addresses = [address for address in (device.ipv4, device.ipv6) if address is not None]
-            authority = (urlsplit(device.mud_url).hostname or "").lower()
-            by_authority.setdefault(authority, []).extend(addresses)
-            by_url.setdefault(device.mud_url, []).extend(addresses)
+            if device.mud_url:
+                addresses = by_url.setdefault(device.mud_url, [])
+                if device.ipv4 is not None:
+                    addresses.append(device.ipv4)
+                if device.ipv6 is not None:
+                    addresses.append(device.ipv6)
+        for url, addresses in by_url.items():
+            by_authority.setdefault((urlsplit(url).hostname or "").lower(), []).extend(addresses)
         return cls(
             by_authority={key: tuple(value) for key, value in by_authority.items()},
             by_url={key: tuple(value) for key, value in by_url.items()},
@@ -271,12 +275,23 @@ class _FleetPeers:
             allowed = [net for net in self._peer(peer, profile) if _family(net) is ace.family]
             if not allowed:
                 return [], _no_addresses(peer)
-            result = _intersect(result, allowed)
+            result = allowed if result in ([_ANY4], [_ANY6]) else _intersect(result, allowed)
             if not result:
                 return [], "its address constraints do not overlap"
-        return sorted(set(result), key=_network_key), ""
+        return result, ""
 
-    def _peer(self, peer: Peer, profile: MudProfile) -> Sequence[IpNetwork]:  # noqa: PLR0911 - one per kind
+    def _peer(self, peer: Peer, profile: MudProfile) -> Sequence[IpNetwork]:
+        key = (
+            peer.kind,
+            profile.authority if peer.kind is PeerKind.SAME_MANUFACTURER else peer.value,
+            profile.url,
+        )
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self.cache[key] = self._resolve(peer, profile)
+        return cached
+
+    def _resolve(self, peer: Peer, profile: MudProfile) -> list[IpNetwork]:  # noqa: PLR0911 - one per kind
         match peer.kind:
             case PeerKind.NETWORK:
                 return [ipaddress.ip_network(peer.value)]
@@ -289,7 +304,7 @@ class _FleetPeers:
             case PeerKind.MODEL:
                 return _hosts(self.by_url.get(peer.value, ()))
             case PeerKind.LOCAL_NETWORKS:
-                return self.context.local_networks
+                return list(self.context.local_networks)
             case PeerKind.CONTROLLER:
                 return _hosts(self.context.controllers.get(peer.value, ()))
             case PeerKind.MY_CONTROLLER:
@@ -349,15 +364,29 @@ def _range_in(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
 
 
 def _collapse(networks: list[IpNetwork]) -> list[IpNetwork]:
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
-    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
+    # Drop every prefix that another one contains (adjacent prefixes may stay: nft takes them).
+    ordered = sorted(set(networks), key=lambda n: (n.version, int(n.network_address), -n.num_addresses))
+    out: list[IpNetwork] = []
+    version, end = 0, -1
+    for network in ordered:
+        last = int(network.broadcast_address)
+        if network.version == version and last <= end:
+            continue
+        out.append(network)
+        version, end = network.version, last
+    return out
 
 
 def _within(network: IpNetwork, networks: list[IpNetwork]) -> bool:
-    return any(
-        network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]
-        for other in networks
+    # ``networks`` is the output of _collapse (sorted, none inside another): only the prefix that
+    # starts at or before this one can contain it.
+    key = (network.version, int(network.network_address))
+    index = bisect.bisect_right(networks, key, key=lambda n: (n.version, int(n.network_address))) - 1
+    if index < 0:
+        return False
+    candidate = networks[index]
+    return candidate.version == network.version and int(network.broadcast_address) <= int(
+        candidate.broadcast_address
     )
 
 
@@ -367,7 +396,27 @@ def _no_addresses(peer: Peer) -> str:
 
 
 def _hosts(addresses: Iterable[IpAddress]) -> list[IpNetwork]:
-    return [ipaddress.ip_network(address) for address in addresses]
+    # The fewest prefixes that cover exactly these addresses: runs of consecutive addresses (a DHCP
+    # pool's devices) become a few prefixes instead of one element each.
+    out: list[IpNetwork] = []
+    for version, kind in ((4, ipaddress.IPv4Address), (6, ipaddress.IPv6Address)):
+        values = sorted({int(a) for a in addresses if a.version == version})
+        start = 0
+        for index in range(1, len(values) + 1):
+            if index == len(values) or values[index] != values[index - 1] + 1:
+                if start == index - 1:
+                    out.append(_host_network(version, values[start]))
+                else:
+                    first, last = kind(values[start]), kind(values[index - 1])
+                    out.extend(ipaddress.summarize_address_range(first, last))
+                start = index
+    return out
+
+
+def _host_network(version: int, value: int) -> IpNetwork:
+    if version == 4:
+        return ipaddress.IPv4Network((value, 32))
+    return ipaddress.IPv6Network((value, 128))
 
 
 def _family(network: IpNetwork) -> Family:

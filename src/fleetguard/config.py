@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(default=8883, ge=0, le=65535)
     mqtt_control_port: int = Field(default=8884, ge=1, le=65535)
     mqtt_crl_refresh_s: float = Field(default=3600.0, ge=10.0, le=86400.0)
+
+    # Segmentation: nft runs here (as root), or inside the named network namespace (`ip netns exec`)
+    # when the gateway is one; MUD DNS names are resolved with these name servers (comma-separated;
+    # empty: the system's). `up` re-resolves names and reads violations every segment_refresh_s.
+    segment_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    segment_nameservers: str = ""
+    segment_dns_port: int = Field(default=53, ge=1, le=65535)
+    segment_refresh_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

@@ -31,6 +31,9 @@ from fleetguard.events.relay import EventRelay
 from fleetguard.inventory.service import Inventory
 from fleetguard.pki.publication import RevocationPublisher
 from fleetguard.pki.service import CertificateRecord, CertificateService
+from fleetguard.segment.nftables import Nftables
+from fleetguard.segment.resolver import DnsResolver
+from fleetguard.segment.service import SegmentationService
 from fleetguard.store.database import Database, open_database
 from fleetguard.trust.service import TrustService
 from fleetguard.types import parse_utc, utc_now
@@ -144,6 +147,10 @@ class Runtime:
         self.trust = TrustService(
             self.database, self.log, self.inventory, self.pki, clock=utc_now, on_commit=self.relay.notify
         )
+        self.segment = SegmentationService(
+            self.database, self.log, self.inventory, nft=_nftables(settings), resolver=_resolver(settings),
+            clock=utc_now, on_commit=self.relay.notify,
+        )  # fmt: skip
 
     def _publish_revocation(self, record: CertificateRecord) -> None:
         self.revocation.revoked(record)
@@ -162,6 +169,15 @@ class Runtime:
         self.pki.keyring.close()
         self.bus.close()
         self.database.close()
+
+
+def _nftables(settings: Settings) -> Nftables:
+    return Nftables(prefix=("ip", "netns", "exec", settings.segment_netns) if settings.segment_netns else ())
+
+
+def _resolver(settings: Settings) -> DnsResolver:
+    servers = [server.strip() for server in settings.segment_nameservers.split(",") if server.strip()]
+    return DnsResolver(nameservers=servers, port=settings.segment_dns_port)
 
 
 def load_installation(data_dir: Path) -> Installation:

@@ -402,3 +402,59 @@ class EnforcementRow(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class MudProfileRow(Base):
+    """A MUD file as received (bytes kept exactly, so its signature can be checked again)."""
+
+    __tablename__ = "segment_profiles"
+
+    url: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    document: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(256))
+    added_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class NetworkBindingRow(Base):
+    """Where a managed device is on the network: the addresses its rules are keyed by."""
+
+    __tablename__ = "segment_bindings"
+    __table_args__ = (
+        UniqueConstraint("ipv4", name="uq_segment_bindings_ipv4"),
+        UniqueConstraint("ipv6", name="uq_segment_bindings_ipv6"),
+        UniqueConstraint("mac", name="uq_segment_bindings_mac"),
+    )
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    ipv4: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    ipv6: Mapped[str | None] = mapped_column(String(39), nullable=True)
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class SegmentSettingRow(Base):
+    """One setting of the fleet's MUD context (local networks, controllers, signature policy)."""
+
+    __tablename__ = "segment_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class RulesetApplyRow(Base):
+    """One ruleset nft accepted: its generation, digest and what it held."""
+
+    __tablename__ = "segment_applies"
+
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    digest: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(256))
+    applied_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -85,7 +85,15 @@ def simulate(
         if not concerned:
             unmanaged += 1
             continue
-        verdict = _judge(flow, source, destination, concerned, fleet, index, held)
+        verdict = _judge(
+            flow,
+            source=source,
+            destination=destination,
+            concerned=concerned,
+            fleet=fleet,
+            index=index,
+            held=held,
+        )
         for device, _ in concerned:
             if verdict.verdict is Verdict.ALLOWED:
                 reports[device].allowed += 1
@@ -96,6 +104,7 @@ def simulate(
 
 def _judge(
     flow: Flow,
+    *,
     source: IpAddress,
     destination: IpAddress,
     concerned: list[tuple[str, Direction]],

@@ -71,9 +71,11 @@ class Settings(BaseSettings):
     mqtt_control_port: int = Field(default=8884, ge=1, le=65535)
     mqtt_crl_refresh_s: float = Field(default=3600.0, ge=10.0, le=86400.0)
 
-    # Segmentation: nft runs here (as root), or inside the named network namespace (`ip netns exec`)
-    # when the gateway is one; MUD DNS names are resolved with these name servers (comma-separated;
+    # Segmentation: `up` enforces the fleet's ruleset only when segment_enforce is on. nft runs
+    # here (as root), or inside the named network namespace (`ip netns exec`) when the gateway is
+    # one; MUD DNS names are resolved with these name servers (comma-separated;
     # empty: the system's). `up` re-resolves names and reads violations every segment_refresh_s.
+    segment_enforce: bool = False
     segment_netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     segment_nameservers: str = ""
     segment_dns_port: int = Field(default=53, ge=1, le=65535)

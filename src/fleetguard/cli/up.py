@@ -32,6 +32,7 @@ from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
+from fleetguard.segment.endpoint import open_segment_endpoint
 
 if TYPE_CHECKING:
     import uvicorn
@@ -60,7 +61,9 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
     FLEETGUARD_CHECKPOINT_INTERVAL_S seconds while the log grows, and logs the certificates due for
     renewal every minute. Supervises a Mosquitto broker on FLEETGUARD_MQTT_PORT (8883; 0 disables)
     whose access the trust policies decide and re-decide on every change (quarantine, revocation,
-    posture, risk, a new policy). Prints where the API, its documentation, EST and MQTT are. Fails
+    posture, risk, a new policy). With FLEETGUARD_SEGMENT_ENFORCE=true it applies the fleet's
+    nftables ruleset, keeps MUD DNS names current, reports violations and quarantines at the
+    firewall what the trust policies cut off. Prints where the API, its documentation, EST and MQTT are. Fails
     (exit 1) if the API port is taken; EST and MQTT that cannot start are reported, not fatal.
     """
     context = cli_context(ctx)
@@ -74,12 +77,19 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
             server = _server(runtime, verbose=context.verbose)
             est = open_est_endpoint(runtime, host=settings.est_host or host or settings.api_host)
-            mqtt = open_mqtt_endpoint(runtime, host=settings.mqtt_host or host or settings.api_host)
+            segment = open_segment_endpoint(runtime)
+            firewall = [segment.point] if segment.point is not None else []
+            mqtt = open_mqtt_endpoint(
+                runtime, host=settings.mqtt_host or host or settings.api_host, extra_points=firewall
+            )
+            if mqtt.evaluator is None:
+                segment.evaluate_alone(runtime)
             _print_banner(
                 context,
                 listener,
                 est_line=est.url or est.reason or "",
                 mqtt_line=mqtt.url or mqtt.reason or "",
+                segment_line=segment.summary,
             )
             checkpointer.start()
             renewals.start()
@@ -88,6 +98,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                     _serve(server, listener)
             finally:
                 mqtt.stop()
+                segment.stop()
                 est.stop()
                 renewals.stop()
                 checkpointer.stop()
@@ -170,7 +181,9 @@ def _stop_on_signals(server: "uvicorn.Server") -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str, mqtt_line: str) -> None:
+def _print_banner(
+    context: CliContext, listener: socket.socket, *, est_line: str, mqtt_line: str, segment_line: str
+) -> None:
     host, port = listener.getsockname()[:2]
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     settings = context.settings
@@ -184,6 +197,7 @@ def _print_banner(context: CliContext, listener: socket.socket, *, est_line: str
         ("health", f"{base}/healthz"),
         ("EST enrollment", est_line),
         ("MQTT broker", mqtt_line),
+        ("segmentation", segment_line),
         ("data dir", str(settings.data_dir.resolve())),
         ("database", masked_url(settings.resolved_database_url)),
         ("event bus", masked_url(settings.bus_url)),

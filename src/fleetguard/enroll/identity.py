@@ -27,12 +27,24 @@ from cryptography.x509.oid import NameOID
 from fleetguard.enroll.errors import FactoryCertificateRefused
 from fleetguard.types import Sha256
 
-__all__ = ["MAX_MODEL", "MAX_SERIAL", "FactoryIdentity", "ModelAttribute", "factory_identity"]
+__all__ = [
+    "MAX_MODEL",
+    "MAX_SERIAL",
+    "MUD_URL_OID",
+    "FactoryIdentity",
+    "ModelAttribute",
+    "factory_identity",
+    "mud_url_of",
+]
 
 MAX_SERIAL = 128
 """Longest device serial number; the inventory's limit."""
 
 MAX_MODEL = 256
+# RFC 8520 section 10: id-pe-mud-url, an IA5String URL; our inventory keeps URLs up to 2048 octets.
+MUD_URL_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.25")
+MAX_MUD_URL = 2048
+_URL = re.compile(r"https://[\x21-\x7e]+")
 """Longest model name; the inventory's limit."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -68,6 +80,7 @@ class FactoryIdentity:
     model: str
     serial: str
     fingerprint: Sha256
+    mud_url: str | None = None
 
 
 def factory_identity(
@@ -81,7 +94,43 @@ def factory_identity(
     serial = _single(certificate.subject, NameOID.SERIAL_NUMBER, "serialNumber", MAX_SERIAL)
     model = _single(certificate.subject, attribute.oid, attribute.value.upper(), MAX_MODEL)
     fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
-    return FactoryIdentity(manufacturer, model, serial, Sha256(fingerprint))
+    return FactoryIdentity(manufacturer, model, serial, Sha256(fingerprint), mud_url_of(certificate))
+
+
+def mud_url_of(certificate: x509.Certificate) -> str | None:
+    """Return the certificate's MUD URL extension (RFC 8520 section 10), or None when it has none.
+
+    The extension's value is an IA5String holding an https URL. Raises ``FactoryCertificateRefused``
+    for a malformed one: the manufacturer signed it, so it is not guessed at.
+    """
+    try:
+        extension = certificate.extensions.get_extension_for_oid(MUD_URL_OID)
+    except x509.ExtensionNotFound:
+        return None
+    value = extension.value
+    der = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+    url = _ia5(der)
+    if url is None or not url.startswith("https://") or len(url) > MAX_MUD_URL or not _URL.fullmatch(url):
+        raise FactoryCertificateRefused(
+            "the factory certificate's MUD URL extension is not an https URL (RFC 8520 section 10)"
+        )
+    return url
+
+
+def _ia5(der: bytes) -> str | None:
+    # X.690: tag 0x16 (IA5String), then a short or long definite length.
+    if len(der) < 2 or der[0] != 0x16:
+        return None
+    length, offset = der[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 2:
+            return None
+        length, offset = int.from_bytes(der[2 : 2 + count], "big"), 2 + count
+    body = der[offset:]
+    if len(body) != length or not body.isascii():
+        return None
+    return body.decode("ascii")
 
 
 def _single(name: x509.Name, oid: x509.ObjectIdentifier, label: str, limit: int) -> str:

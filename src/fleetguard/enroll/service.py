@@ -75,7 +75,7 @@ from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.inventory.errors import IllegalTransition
 from fleetguard.inventory.lifecycle import Action, State
-from fleetguard.inventory.model import Device, DeviceFilter, DeviceSpec
+from fleetguard.inventory.model import Device, DeviceChanges, DeviceFilter, DeviceSpec
 from fleetguard.inventory.service import Inventory, device_event_subject
 from fleetguard.pki.csr import ValidatedCsr, validate_csr
 from fleetguard.pki.errors import CsrRejected, IssuanceRefused, RenewalRefused, RenewalThrottled
@@ -417,7 +417,7 @@ class EnrollmentService:
                 enrolled = self._register(identity, _actor(request.source), decision.reason)
             case Verdict.ENROLL:
                 assert device is not None
-                enrolled = device
+                enrolled = self._record_mud_url(device, identity, _actor(request.source))
         return Issued(
             self._auto_enroll(
                 request=request, identity=identity, csr=csr, device=enrolled, decision=decision, now=now
@@ -568,8 +568,21 @@ class EnrollmentService:
         )
         return found[0] if found else None
 
+    def _record_mud_url(self, device: Device, identity: FactoryIdentity, actor: str) -> Device:
+        # RFC 8520 section 10: the MUD URL the manufacturer put in the factory certificate is the
+        # device's; a pre-registered device takes it at its first enrollment.
+        if identity.mud_url is None or identity.mud_url == device.mud_url:
+            return device
+        return self._inventory.update(
+            device.id, DeviceChanges(mud_url=identity.mud_url), actor=actor,
+            reason="MUD URL from the factory certificate (RFC 8520 section 10)",
+        )  # fmt: skip
+
     def _register(self, identity: FactoryIdentity, actor: str, reason: str) -> Device:
-        spec = DeviceSpec(serial=identity.serial, manufacturer=identity.manufacturer, model=identity.model)
+        spec = DeviceSpec(
+            serial=identity.serial, manufacturer=identity.manufacturer, model=identity.model,
+            mud_url=identity.mud_url,
+        )  # fmt: skip
         return self._inventory.register(spec, actor=actor, reason=reason)
 
     def _issue(self, device: Device, csr: ValidatedCsr, actor: str, now: dt.datetime) -> CertificateRecord:

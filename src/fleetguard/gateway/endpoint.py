@@ -20,7 +20,7 @@ import getpass
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from fleetguard.installation import Runtime
 from fleetguard.pki.ca import ChainFormat
 from fleetguard.pki.service import ROOT_ID
 from fleetguard.private_file import replace_private_file
-from fleetguard.trust.evaluator import ContinuousEvaluator
+from fleetguard.trust.evaluator import ContinuousEvaluator, EnforcementPoint
 from fleetguard.types import utc_now
 
 __all__ = ["MqttEndpoint", "open_mqtt_endpoint"]
@@ -63,11 +63,14 @@ class MqttEndpoint:
             self.gateway.stop()
 
 
-def open_mqtt_endpoint(runtime: Runtime, *, host: str) -> MqttEndpoint:
+def open_mqtt_endpoint(
+    runtime: Runtime, *, host: str, extra_points: Sequence[EnforcementPoint] = ()
+) -> MqttEndpoint:
     """Start the broker on ``host`` and ``Settings.mqtt_port`` with its evaluator; never raises.
 
     Returns an endpoint without a broker (and the reason) when the port is 0, the CA is not
-    initialized, or Mosquitto cannot start: the rest of ``up`` still runs.
+    initialized, or Mosquitto cannot start: the rest of ``up`` still runs. ``extra_points`` (the
+    firewall) are driven by the same evaluator as the broker.
     """
     settings = runtime.settings
     if settings.mqtt_port == 0:
@@ -79,7 +82,7 @@ def open_mqtt_endpoint(runtime: Runtime, *, host: str) -> MqttEndpoint:
         return MqttEndpoint(None, None, None, f"not started: {exc}")
     evaluator = ContinuousEvaluator(
         runtime.trust,
-        [BrokerEnforcementPoint(gateway.enforcer, lambda: _crl_bundle(runtime))],
+        [BrokerEnforcementPoint(gateway.enforcer, lambda: _crl_bundle(runtime)), *extra_points],
         runtime.database,
         runtime.log,
         clock=utc_now,

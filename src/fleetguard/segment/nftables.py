@@ -403,10 +403,15 @@ def _violations(document: object) -> Iterator[Violation]:
             )
 
 
-def read_counters(nft: NftCommand) -> dict[str, dict[str, tuple[int, int]]]:
+COUNTED_SETS = ("class4", "class6", "denied4", "denied6", "quarantine4", "quarantine6")
+
+
+def read_counters(
+    nft: NftCommand, *, names: Sequence[str] = COUNTED_SETS
+) -> dict[str, dict[str, tuple[int, int]]]:
     """Per-address (packets, bytes) of the ``class``, ``denied`` and ``quarantine`` sets."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
-    for name in ("class4", "class6", "denied4", "denied6", "quarantine4", "quarantine6"):
+    for name in names:
         kind = "map" if name.startswith("class") else "set"
         document = json.loads(nft.query("list", kind, "inet", TABLE, name))
         counters: dict[str, tuple[int, int]] = {}

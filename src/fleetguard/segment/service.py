@@ -50,6 +50,7 @@ from fleetguard.segment.nftables import (
     NftCommand,
     Violation,
     quarantine_update,
+    read_counters,
     read_violations,
     render_fleet,
     set_elements,
@@ -413,24 +414,52 @@ class SegmentationService:
         idempotent. A device without a binding has nothing to enforce (False).
         """
         device = self._inventory.get(device_id)
+        hold = device.state.value in _QUARANTINED_STATES
+        addresses = self._hold(device_id, quarantine=hold, actor=actor, state=device.state.value)
+        return hold and bool(addresses)
+
+    def hold(self, device_id: str, *, quarantine: bool, actor: str) -> tuple[bool, str]:
+        """Quarantine (or release) a device at the firewall and verify it by reading the set back.
+
+        Returns (verified, detail). Used by the trust capability's continuous evaluation: a device
+        the policy lets connect nowhere is cut off here too. A device the inventory holds in
+        quarantine (or decommissioned) is never released by this call.
+        """
+        state = self._inventory.get(device_id).state.value
+        if not quarantine and state in _QUARANTINED_STATES:
+            quarantine = True
+        addresses = self._hold(device_id, quarantine=quarantine, actor=actor, state=state)
+        if not addresses:
+            return True, "no network binding: nothing to enforce at the firewall"
+        held = self.quarantined_addresses()
+        wrong = [str(a) for a in addresses if (a in held) != quarantine]
+        if wrong:
+            return False, f"read back: {', '.join(wrong)} {'not ' if quarantine else ''}in quarantine"
+        return True, "quarantined" if quarantine else "allowed"
+
+    def quarantined_addresses(self) -> set[IpAddress]:
+        """The addresses in the firewall's quarantine sets now (read from nft)."""
+        counters = read_counters(self._nft, names=("quarantine4", "quarantine6"))
+        return {ipaddress.ip_address(a) for values in counters.values() for a in values}
+
+    def _hold(self, device_id: str, *, quarantine: bool, actor: str, state: str) -> list[IpAddress]:
         with self._db.reading() as session:
             row = session.get(NetworkBindingRow, device_id)
         if row is None:
-            return False
-        addresses = [a for a in (_ipv4(row.ipv4), _ipv6(row.ipv6)) if a is not None]
-        hold = device.state.value in _QUARANTINED_STATES
-        self._nft.run(quarantine_update(addresses, release=not hold))
+            return []
+        addresses: list[IpAddress] = [a for a in (_ipv4(row.ipv4), _ipv6(row.ipv6)) if a is not None]
+        self._nft.run(quarantine_update(addresses, release=not quarantine))
         now = self._clock()
         with self._db.transaction() as session:
             self._log.append(
                 session,
                 NewEvent(actor=actor, subject=device_event_subject(device_id),
-                         action="segment.quarantined" if hold else "segment.released",
-                         data={"addresses": ",".join(map(str, addresses)), "state": device.state.value}),
+                         action="segment.quarantined" if quarantine else "segment.released",
+                         data={"addresses": ",".join(map(str, addresses)), "state": state}),
                 now=now,
             )  # fmt: skip
         publish_committed(self._on_commit)
-        return hold
+        return addresses
 
     # -- detection ------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from fleetguard.enroll import (
     TokenRejected,
     TokenStatus,
 )
+from fleetguard.enroll.identity import MUD_URL_OID
 from fleetguard.enroll.service import STALE_APPROVAL
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.lifecycle import Action, State
@@ -110,8 +111,12 @@ class Manufacturer:
         *,
         signer: ec.EllipticCurvePrivateKey | None = None,
         model_oid: x509.ObjectIdentifier = NameOID.ORGANIZATIONAL_UNIT_NAME,
+        mud_url_der: bytes | None = None,
     ) -> tuple[x509.Certificate, ...]:
-        """A factory certificate (serialNumber, the model in OU, no EKU or SAN) and its intermediate."""
+        """A factory certificate (serialNumber, the model in OU, no EKU or SAN) and its intermediate.
+
+        ``mud_url_der`` is the DER value of an RFC 8520 MUD URL extension to include.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
             [
@@ -128,9 +133,10 @@ class Manufacturer:
             .serial_number(x509.random_serial_number())
             .not_valid_before(self.issuing.not_valid_before_utc)
             .not_valid_after(FOREVER)
-            .sign(signer or self.issuing_key, hashes.SHA256())
         )
-        return (leaf, self.issuing)
+        if mud_url_der is not None:
+            leaf = leaf.add_extension(x509.UnrecognizedExtension(MUD_URL_OID, mud_url_der), critical=False)
+        return (leaf.sign(signer or self.issuing_key, hashes.SHA256()), self.issuing)
 
 
 def _manufacturer(name: str, now: dt.datetime) -> Manufacturer:
@@ -286,6 +292,43 @@ def test_unknown_device_is_registered_by_a_rule_that_says_so(setup: Setup) -> No
     [device] = setup.runtime.inventory.find(DeviceFilter(serial="ACME-77"))
     assert (device.manufacturer, device.model, device.state) == ("Acme", "Cam-Z", State.PROVISIONED)
     assert record.device_id == device.id
+
+
+def _ia5(text: bytes) -> bytes:
+    return bytes([0x16, len(text)]) + text
+
+
+def test_the_mud_url_of_the_factory_certificate_becomes_the_devices(setup: Setup) -> None:
+    # RFC 8520 section 10: the manufacturer puts the MUD URL in the IDevID; a new device gets it,
+    # and a pre-registered device (cam-1, no MUD URL) takes it at its first enrollment.
+    setup.service.set_rule("Acme", "*", RuleMode.AUTO, register_unknown=True, actor="ops", now=setup.now)
+    url = b"https://mud.acme.example/cam-z.json"
+    chain = setup.acme.idevid("ACME-78", "Cam-Z", mud_url_der=_ia5(url))
+    _issued(setup.service.enroll(_request(chain=chain), now=setup.now))
+    [device] = setup.runtime.inventory.find(DeviceFilter(serial="ACME-78"))
+    assert device.mud_url == url.decode()
+
+    chain = setup.acme.idevid("ACME-1", "Cam-X", mud_url_der=_ia5(b"https://mud.acme.example/cam-x.json"))
+    _issued(setup.service.enroll(_request(chain=chain), now=setup.now))
+    assert setup.runtime.inventory.get("cam-1").mud_url == "https://mud.acme.example/cam-x.json"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (_ia5(b"http://mud.acme.example/x.json"), "not https"),
+        (bytes([0x0C, 5]) + b"https", "a UTF8String, not an IA5String"),
+        (_ia5(b"https://mud.acme.example/x y"), "a space"),
+        (bytes([0x16, 40]) + b"https://short", "a length past the end"),
+    ],
+)
+def test_a_malformed_mud_url_extension_refuses_the_enrollment(setup: Setup, value: bytes, why: str) -> None:
+    setup.service.set_rule("Acme", "*", RuleMode.AUTO, register_unknown=True, actor="ops", now=setup.now)
+    chain = setup.acme.idevid("ACME-79", "Cam-Z", mud_url_der=value)
+    with pytest.raises(FactoryCertificateRefused, match="MUD URL extension is not an https URL"):
+        setup.service.enroll(_request(chain=chain), now=setup.now)
+    assert setup.runtime.inventory.find(DeviceFilter(serial="ACME-79")) == [], why
+    assert _certificates(setup.runtime) == []
 
 
 def test_unknown_device_is_refused_without_register_unknown(setup: Setup) -> None:

@@ -8,6 +8,7 @@ change moves the allowed address with an element update and no reload.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import subprocess
@@ -19,8 +20,15 @@ import pytest
 from network_lab import Lab, lab_available
 from prerequisites import require
 
-from fleetguard.segment.compiler import CompiledFleet, DeviceBinding, FleetContext, compile_fleet
+from fleetguard.segment.compiler import (
+    CompiledFleet,
+    DeviceBinding,
+    FleetContext,
+    compile_fleet,
+    profile_names,
+)
 from fleetguard.segment.errors import RulesetRejected
+from fleetguard.segment.model import Flow
 from fleetguard.segment.mud import parse_mud
 from fleetguard.segment.nftables import (
     ElementUpdate,
@@ -32,6 +40,7 @@ from fleetguard.segment.nftables import (
     set_elements,
 )
 from fleetguard.segment.resolver import NameTable, StaticResolver
+from fleetguard.segment.simulation import simulate
 
 CAMERA_URL = "https://camera.example.com/cam-1000"
 CAMERA_MUD = {
@@ -319,3 +328,69 @@ def _wait_for_lines(path: Path, count: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{path} did not reach {count} lines")
+
+
+START = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+SHARED_MUD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mud"
+
+
+def test_every_shared_mud_profile_compiles_into_a_ruleset_nft_accepts(lab: Lab, gateway: Nftables) -> None:
+    files = sorted(SHARED_MUD.glob("*/*.json"))
+    if not files:
+        pytest.skip(f"{SHARED_MUD} is absent (the shared MUD profiles)")
+    profiles = {}
+    for path in files:
+        profile = parse_mud(path.read_bytes())
+        profiles.setdefault(profile.url, profile)
+    devices = [
+        DeviceBinding(f"d{n}", url, ipaddress.IPv4Address(f"10.64.{n // 250}.{1 + n % 250}"),
+                      ipaddress.IPv6Address(f"fd00::{n + 1:x}"), f"02:00:00:00:{n // 256:02x}:{n % 256:02x}")
+        for n, url in enumerate(sorted(profiles) * 3)
+    ]  # fmt: skip
+    names = profile_names(profiles.values())
+    dns = {
+        name: (ipaddress.ip_address(f"198.18.{n // 250}.{1 + n % 250}"),)
+        for n, name in enumerate(sorted(names))
+    }
+    context = FleetContext(
+        local_networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")),
+        controllers={"urn:ietf:params:mud:dns": (ipaddress.ip_address("10.9.0.53"),),
+                     "urn:ietf:params:mud:ntp": (ipaddress.ip_address("10.9.0.123"),),
+                     "urn:ietf:params:mud:gateway": (ipaddress.ip_address("10.64.0.254"),),
+                     "https://controller.nist.local": (ipaddress.ip_address("10.64.9.1"),)},
+        my_controllers={url: (ipaddress.ip_address("10.64.9.2"),) for url in profiles},
+    )  # fmt: skip
+    fleet = compile_fleet(profiles, devices, context, dns)
+    assert fleet.unprofiled == ()
+    elements = set_elements(fleet)
+    assert len(elements["class4"]) == len(devices)
+    assert elements["out4"]
+    assert elements["eth_out"]
+    gateway.run(render_fleet(fleet, comment="every shared profile"), check_only=True)
+    gateway.run(render_fleet(fleet, comment="every shared profile"))
+    listed = json.loads(gateway.query("list", "map", "inet", "fleetguard", "class4"))
+    [entry] = [item["map"] for item in listed["nftables"] if "map" in item]
+    assert len(entry["elem"]) == len(devices)
+
+
+def test_the_simulation_agrees_with_the_gateway(lab: Lab, gateway: Nftables) -> None:
+    # The same flows, tried for real through nftables and judged by the simulation.
+    tries = [
+        ("camera", "198.51.100.7", 443, "tcp"),
+        ("camera", "10.9.0.53", 53, "udp"),
+        ("camera", "10.20.0.10", 443, "tcp"),
+        ("camera", "198.51.100.8", 443, "tcp"),
+        ("corp", "10.1.0.2", 443, "tcp"),
+        ("sensor", "198.51.100.7", 443, "tcp"),
+        ("corp", "198.51.100.7", 443, "tcp"),
+    ]
+    observed = [_connect(lab, host, target, port, proto) == "open" for host, target, port, proto in tries]
+    flows = [
+        Flow(START, lab.hosts[host].address, target, 6 if proto == "tcp" else 17, 40000, port)
+        for host, target, port, proto in tries
+    ]  # fmt: skip
+    simulation = simulate(_fleet({"cloud.example.com": ("198.51.100.7",)}), flows)
+    verdicts = {id(v.flow): v.verdict for report in simulation.devices.values() for v in report.blocked}
+    judged = [id(flow) not in verdicts for flow in flows]
+    assert judged == observed == [True, True, False, False, False, False, True]
+    assert simulation.unmanaged == 1

@@ -14,7 +14,7 @@ the other side allows no new connection in its own direction; its flows are the 
 connections the other ACL allows. A flow between two managed devices must be allowed by both the
 sender's ``from-device`` and the receiver's ``to-device`` policy.
 
-Abstract peers are resolved here against a :class:`FleetContext` (RFC 8520 section 8):
+Abstract peers are resolved here against a :class:`FleetContext` (RFC 8520 section 4):
 ``manufacturer``/``same-manufacturer``/``model`` become the addresses of the fleet's devices whose
 MUD URL has that authority or is that URL; ``local-networks`` the configured prefixes; ``controller``
 and ``my-controller`` the configured controllers (``urn:ietf:params:mud:dns``/``ntp`` included);
@@ -195,6 +195,14 @@ def compile_profile(profile: MudProfile, klass: int, peers: _FleetPeers) -> Clas
                 ethertypes.add((ace.ethertype, ace.destination_mac))
             continue
         if _replies_only(ace):
+            continue
+        if ace.destination_mac is not None:
+            # MUDgee writes DHCP's broadcast (ff:ff:ff:ff:ff:ff) into IP ACEs; a router forwards no
+            # link-layer broadcast, and a rule keyed by another MAC cannot be held at layer 3:
+            # either way the ACE allows nothing here (never: everything).
+            unresolved.append(
+                f"{ace.acl}/{ace.name}: matches destination MAC {ace.destination_mac}, not routed"
+            )
             continue
         remotes, why = peers.networks(ace, profile)
         if not remotes:

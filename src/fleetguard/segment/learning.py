@@ -10,10 +10,10 @@ exactly the device's flows, abstracted the way a manufacturer would write them:
    :mod:`fleetguard.segment.flows`). The initiator's port is ephemeral and left out; the responder's
    port (the service) is kept.
 3. The remote address becomes, in this order:
-   the DNS controller (``urn:ietf:params:mud:dns``, RFC 8520 section 8.6) for udp/tcp 53 to the
+   the DNS controller (``urn:ietf:params:mud:dns``, RFC 8520 section 4.5) for udp/tcp 53 to the
    gateway; the NTP controller (``urn:ietf:params:mud:ntp``) for udp 123 to the gateway; the name
    the device looked it up by (``ietf-acldns:dst-dnsname``/``src-dnsname``, RFC 8520 section 8.1;
-   when several names gave the address, the last answer wins); ``local-networks`` (section 8.5) when
+   when several names gave the address, the last answer wins); ``local-networks`` (section 4.4) when
    it is inside ``local_networks``; else the address itself as a /32 or /128 network.
 4. Every flow gives a from-device and a to-device ACE (ACLs are stateless, both directions must be
    allowed). TCP ACEs carry ``ietf-mud:direction-initiated`` (RFC 8520 section 4.8): who sent the

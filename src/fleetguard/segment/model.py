@@ -51,16 +51,16 @@ class PeerKind(enum.StrEnum):
     """How the remote side of an ACE is named."""
 
     NETWORK = "network"  # value: an address prefix, e.g. "192.0.2.0/24" (RFC 8519)
-    DNS_NAME = "dns-name"  # value: a host name (RFC 8520 section 8.1, ietf-acldns)
-    MANUFACTURER = "manufacturer"  # value: the authority (host) of MUD URLs (section 8.2)
-    SAME_MANUFACTURER = "same-manufacturer"  # value: "" (section 8.3)
-    MODEL = "model"  # value: a MUD URL (section 8.4)
-    LOCAL_NETWORKS = "local-networks"  # value: "" (section 8.5)
-    CONTROLLER = "controller"  # value: a controller class URI (section 8.6)
-    MY_CONTROLLER = "my-controller"  # value: "" (section 8.7)
+    DNS_NAME = "dns-name"  # value: a host name (RFC 8520 section 8, ietf-acldns)
+    MANUFACTURER = "manufacturer"  # value: the authority (host) of MUD URLs (section 4.1)
+    SAME_MANUFACTURER = "same-manufacturer"  # value: "" (section 4.2)
+    MODEL = "model"  # value: a MUD URL (section 4.3)
+    LOCAL_NETWORKS = "local-networks"  # value: "" (section 4.4)
+    CONTROLLER = "controller"  # value: a controller class URI (section 4.5)
+    MY_CONTROLLER = "my-controller"  # value: "" (section 4.6)
 
 
-# RFC 8520 section 8.6 and section 17.7: the well-known controller classes.
+# RFC 8520 section 4.5 (controller) and its IANA URNs: the well-known controller classes.
 WELL_KNOWN_CONTROLLERS = frozenset({"urn:ietf:params:mud:dns", "urn:ietf:params:mud:ntp"})
 
 
@@ -141,7 +141,7 @@ class MudProfile:
 
     @property
     def authority(self) -> str:
-        """The MUD URL's host, which RFC 8520 section 8.2 calls the manufacturer."""
+        """The MUD URL's host, which RFC 8520 section 4.1 calls the manufacturer."""
         return (urlsplit(self.url).hostname or "").lower()
 
     def by_direction(self, direction: Direction) -> tuple[Ace, ...]:

@@ -28,6 +28,7 @@ from fleetguard.api.limits import BodyLimit
 from fleetguard.api.metrics import HttpMetrics, Metrics
 from fleetguard.api.openapi import finish_document
 from fleetguard.api.problems import UnhandledErrorGuard, install_problem_handlers
+from fleetguard.api.schemas_segment import MAX_PROFILE_BODY, MAX_SIMULATE_BODY
 from fleetguard.api.routers import (
     devices,
     enroll,
@@ -36,6 +37,7 @@ from fleetguard.api.routers import (
     inventory,
     pki,
     pki_public,
+    segment,
     tokens,
     transfer,
     trust,
@@ -68,6 +70,7 @@ _ROUTERS = (
     events.router,
     tokens.router,
     trust.router,
+    segment.router,
 )
 
 
@@ -119,6 +122,9 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
             trust.POLICIES_PATH: trust.MAX_POLICY_BODY,
             trust.VALIDATE_PATH: trust.MAX_POLICY_BODY,
             trust.DIFF_PATH: trust.MAX_POLICY_BODY,
+            # A MUD file is bounded by its own size (MAX_MUD_BYTES); a simulation carries many flows.
+            segment.PROFILES_PATH: MAX_PROFILE_BODY,
+            segment.SIMULATE_PATH: MAX_SIMULATE_BODY,
         },
     )
     app.add_middleware(UnhandledErrorGuard)

@@ -8,8 +8,9 @@ Every error the API answers with is ``application/problem+json``::
 ``type`` and ``title`` are stable per kind of problem (RFC 9457 section 3.1); ``detail`` is the error's
 own one-line message. Extension members (section 3.2) carry the error's structured fields: the row of
 a rejected import, the state and action of an illegal transition, the ``errors`` of a request that did
-not validate, the ``line``, ``column`` and ``policy_id`` of an invalid policy. A 401 carries
-``WWW-Authenticate: Bearer`` (RFC 6750 section 3), a 503 ``Retry-After`` (RFC 9110 section 10.2.3).
+not validate, the ``line``, ``column`` and ``policy_id`` of an invalid policy, the JSON pointer
+``path`` of an invalid MUD file. A 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750 section 3), a
+503 ``Retry-After`` (RFC 9110 section 10.2.3).
 
 Anything that is not a :class:`~fleetguard.errors.FleetguardError` nor a framework HTTP error is a bug:
 :class:`UnhandledErrorGuard` logs it with an incident id and answers 500 with that id only.
@@ -34,6 +35,7 @@ from fleetguard.api.schemas import ProblemDetails
 from fleetguard.enroll.errors import BatchRejected
 from fleetguard.errors import FleetguardError
 from fleetguard.inventory.errors import DeviceNotFound, IllegalTransition, ImportRejected
+from fleetguard.segment.errors import MudInvalid
 from fleetguard.trust.errors import PolicyInvalid
 
 __all__ = [
@@ -58,6 +60,7 @@ _EXTENSIONS: tuple[tuple[type[FleetguardError], tuple[str, ...]], ...] = (
     (IllegalTransition, ("device_id", "state", "action")),
     (DeviceNotFound, ("device_id",)),
     (PolicyInvalid, ("line", "column", "policy_id")),
+    (MudInvalid, ("path",)),
 )
 
 # What the OpenAPI document says each status means; the body is always a ProblemDetails.

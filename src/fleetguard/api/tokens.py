@@ -68,6 +68,8 @@ class Permission(enum.StrEnum):
     POLICY_READ = "policy:read"
     POLICY_WRITE = "policy:write"
     SIGNALS_WRITE = "signals:write"
+    SEGMENT_READ = "segment:read"
+    SEGMENT_WRITE = "segment:write"
 
 
 _OPERATOR = frozenset(
@@ -85,6 +87,8 @@ _OPERATOR = frozenset(
         Permission.POLICY_READ,
         Permission.POLICY_WRITE,
         Permission.SIGNALS_WRITE,
+        Permission.SEGMENT_READ,
+        Permission.SEGMENT_WRITE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -99,10 +103,17 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.CERTS_READ,
             Permission.ENROLL_READ,
             Permission.POLICY_READ,
+            Permission.SEGMENT_READ,
         }
     ),
     Role.READ_ONLY: frozenset(
-        {Permission.DEVICES_READ, Permission.CERTS_READ, Permission.ENROLL_READ, Permission.POLICY_READ}
+        {
+            Permission.DEVICES_READ,
+            Permission.CERTS_READ,
+            Permission.ENROLL_READ,
+            Permission.POLICY_READ,
+            Permission.SEGMENT_READ,
+        }
     ),
 }
 

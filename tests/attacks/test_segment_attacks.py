@@ -22,6 +22,7 @@ from fleetguard.config import Settings
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
 from fleetguard.segment.errors import MudInvalid, MudSignatureInvalid, MudTooLarge
+from fleetguard.segment.model import Flow
 from fleetguard.segment.service import SignaturePolicy, parse_context
 from fleetguard.segment.signature import sign_mud
 from fleetguard.types import utc_now
@@ -176,3 +177,25 @@ def _signer() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(Encoding.PEM)
+
+
+def test_a_device_talking_to_a_c2_server_shows_up_as_a_violation_from_flow_records(runtime: Runtime) -> None:
+    runtime.segment.add_profile(
+        _mud(_allow({"ipv4": {"protocol": 6, "destination-ipv4-network": "198.51.100.7/32"},
+                     "tcp": {"destination-port": {"operator": "eq", "port": 443}}})),
+        actor="ops",
+    )  # fmt: skip
+    start = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    flows = [
+        Flow(start, "10.1.0.2", "198.51.100.7", 6, 40000, 443),
+        Flow(start, "10.1.0.2", "203.0.113.66", 6, 40001, 6667),  # IRC to a C2 server
+        Flow(start, "10.1.0.2", "203.0.113.66", 6, 40002, 6667),  # the same, again: one event
+    ]
+    result = runtime.segment.detect_flows(flows, actor="monitor")
+    assert result.devices["cam-1"].allowed == 1
+    assert len(result.devices["cam-1"].blocked) == 2
+    events = [(e.subject, e.details()) for e in runtime.log.entries(action="segment.violation", limit=10)]
+    assert events == [
+        ("device:cam-1", {"source": "10.1.0.2", "destination": "203.0.113.66", "protocol": 6,
+                          "destination_port": 6667, "origin": "flows"}),
+    ]  # fmt: skip

@@ -20,7 +20,7 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -43,7 +43,7 @@ from fleetguard.segment.compiler import (
     profile_names,
 )
 from fleetguard.segment.errors import MudSignatureInvalid, ProfileNotFound, SegmentError
-from fleetguard.segment.model import MudProfile
+from fleetguard.segment.model import Flow, MudProfile
 from fleetguard.segment.mud import parse_mud
 from fleetguard.segment.nftables import (
     ElementUpdate,
@@ -57,6 +57,7 @@ from fleetguard.segment.nftables import (
 )
 from fleetguard.segment.resolver import NameTable, Resolver
 from fleetguard.segment.signature import verify_mud_signature
+from fleetguard.segment.simulation import Simulation, simulate
 from fleetguard.store.database import Database
 from fleetguard.store.models import (
     DeviceRow,
@@ -79,6 +80,8 @@ __all__ = [
 _QUARANTINED_STATES = (State.QUARANTINED.value, State.DECOMMISSIONED.value)
 _MAC = "0123456789abcdef:"
 _MAX_CONTEXT_ENTRIES = 1024
+# Flow-record detection logs at most this many violation events per call.
+MAX_FLOW_EVENTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +511,33 @@ class SegmentationService:
                     now=now,
                 )  # fmt: skip
         publish_committed(self._on_commit)
+
+    def detect_flows(self, flows: Iterable[Flow], *, actor: str, limit: int = MAX_FLOW_EVENTS) -> Simulation:
+        """Judge recorded flows (a pcap's, a flow exporter's) against the policy in force.
+
+        Each distinct blocked (device, source, destination, protocol, port) becomes one
+        ``segment.violation`` event with ``"origin": "flows"``, at most ``limit`` per call (the
+        rest are counted in the returned simulation, not logged).
+        """
+        fleet, quarantined = self.compile()
+        result = simulate(fleet, flows, quarantined=quarantined)
+        seen: dict[tuple[str, str, str, int, int], Flow] = {}
+        for device_id, report in result.devices.items():
+            for verdict in report.blocked:
+                f = verdict.flow
+                seen.setdefault((device_id, f.source, f.destination, f.protocol, f.destination_port), f)
+        now = self._clock()
+        with self._db.transaction() as session:
+            for (device_id, source, destination, protocol, port), _flow in list(seen.items())[:limit]:
+                self._log.append(
+                    session,
+                    NewEvent(actor=actor, subject=device_event_subject(device_id), action="segment.violation",
+                             data={"source": source, "destination": destination, "protocol": protocol,
+                                   "destination_port": port, "origin": "flows"}),
+                    now=now,
+                )  # fmt: skip
+        publish_committed(self._on_commit)
+        return result
 
     # -- fleet ------------------------------------------------------------------------------------
 

@@ -216,8 +216,8 @@ def compile_profile(profile: MudProfile, klass: int, peers: _FleetPeers) -> Clas
         if ace.protocol != _ICMP[ace.family]:
             ports.setdefault(key, set()).update(_port_elements(ace, klass, remotes))
     return ClassRules(
-        ports={key: _without_subsumed_ports(value) for key, value in ports.items()},
-        icmp={key: _without_subsumed_icmp(value) for key, value in icmp.items()},
+        ports={key: _disjoint_ports(_without_subsumed_ports(value)) for key, value in ports.items()},
+        icmp={key: _disjoint_icmp(_without_subsumed_icmp(value)) for key, value in icmp.items()},
         ethertypes=frozenset(ethertypes),
         unresolved=tuple(unresolved),
     )
@@ -365,6 +365,114 @@ def _without_subsumed_icmp(elements: set[IcmpElement]) -> frozenset[IcmpElement]
             if not any(_within(network, nets) for nets in wider):
                 out.add(IcmpElement(key[0], network, key[1], key[2]))
     return frozenset(out)
+
+
+# -- disjoint elements ---------------------------------------------------------------------------
+#
+# The kernel's concatenated interval sets (nft_set_pipapo) refuse an element whose first point
+# (every field's low end) or last point (every field's high end) lies inside an element already in
+# the set ("File exists"), whatever the insertion order: partial overlaps fail as well as
+# containment. So after dropping the elements another one covers, every remaining overlap is
+# removed by subtracting the earlier (larger) element from the later one, field by field, which
+# keeps the union of what is allowed and leaves a set of pairwise disjoint boxes. Overlaps are
+# rare (nested prefixes with different ports), so candidates are found with a sweep over the
+# address field and only they pay for the subtraction.
+
+_Box = tuple[tuple[int, int], ...]
+
+
+def _disjoint_ports(elements: frozenset[PortElement]) -> frozenset[PortElement]:
+    by_class: dict[int, list[_Box]] = {}
+    for e in elements:
+        by_class.setdefault(e.klass, []).append(
+            (_span(e.remote), e.protocol, (e.remote_ports.low, e.remote_ports.high),
+             (e.device_ports.low, e.device_ports.high))
+        )  # fmt: skip
+    out: set[PortElement] = set()
+    version = next(iter(elements)).remote.version if elements else 4
+    for klass, boxes in by_class.items():
+        for box in _disjoint(boxes):
+            for network in _networks(version, box[0]):
+                out.add(PortElement(klass, box[1], network, PortRange(*box[2]), PortRange(*box[3])))
+    return frozenset(out)
+
+
+def _disjoint_icmp(elements: frozenset[IcmpElement]) -> frozenset[IcmpElement]:
+    by_class: dict[int, list[_Box]] = {}
+    for e in elements:
+        by_class.setdefault(e.klass, []).append((_span(e.remote), e.types, e.codes))
+    out: set[IcmpElement] = set()
+    version = next(iter(elements)).remote.version if elements else 4
+    for klass, boxes in by_class.items():
+        for box in _disjoint(boxes):
+            for network in _networks(version, box[0]):
+                out.add(IcmpElement(klass, network, box[1], box[2]))
+    return frozenset(out)
+
+
+def _span(network: IpNetwork) -> tuple[int, int]:
+    return int(network.network_address), int(network.broadcast_address)
+
+
+def _networks(version: int, span: tuple[int, int]) -> list[IpNetwork]:
+    kind = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    if span[0] == span[1]:
+        return [_host_network(version, span[0])]
+    return list(ipaddress.summarize_address_range(kind(span[0]), kind(span[1])))
+
+
+def _disjoint(boxes: list[_Box]) -> list[_Box]:
+    """Pairwise disjoint boxes with the same union (field 0 is the address span)."""
+    conflicted = _overlapping(boxes)
+    out = [box for index, box in enumerate(boxes) if index not in conflicted]
+    kept: list[_Box] = []
+    # Larger boxes first, so the smaller ones are cut around them (deterministic order).
+    for box in sorted((boxes[i] for i in conflicted), key=lambda b: (-_volume(b), b)):
+        pieces = [box]
+        for other in kept:
+            pieces = [piece for p in pieces for piece in _subtract(p, other)]
+        kept.extend(pieces)
+    return out + kept
+
+
+def _overlapping(boxes: list[_Box]) -> set[int]:
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
+    active: list[int] = []
+    found: set[int] = set()
+    for index in order:
+        low = boxes[index][0][0]
+        active = [a for a in active if boxes[a][0][1] >= low]
+        for other in active:
+            if _overlap(boxes[index], boxes[other]):
+                found.update((index, other))
+        active.append(index)
+    return found
+
+
+def _overlap(a: _Box, b: _Box) -> bool:
+    return all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b, strict=True))
+
+
+def _volume(box: _Box) -> int:
+    volume = 1
+    for low, high in box:
+        volume *= high - low + 1
+    return volume
+
+
+def _subtract(box: _Box, other: _Box) -> list[_Box]:
+    if not _overlap(box, other):
+        return [box]
+    pieces: list[_Box] = []
+    current = list(box)
+    for axis, (low, high) in enumerate(box):
+        cut_low, cut_high = other[axis]
+        if low < cut_low:
+            pieces.append((*current[:axis], (low, cut_low - 1), *current[axis + 1 :]))
+        if high > cut_high:
+            pieces.append((*current[:axis], (cut_high + 1, high), *current[axis + 1 :]))
+        current[axis] = (max(low, cut_low), min(high, cut_high))
+    return pieces  # what is left in ``current`` lies inside ``other``
 
 
 def _range_in(inner: tuple[int, int], outer: tuple[int, int]) -> bool:

@@ -334,14 +334,14 @@ def read_zeek_conn_csv(
     header_line = next(lines, None)
     if header_line is None:
         raise CaptureInvalid("line 1: empty file; expected a Zeek conn.log CSV header")
-    header = next(csv.reader([header_line[1]]))
+    header = _csv_row(header_line)
     missing = [name for name in _ZEEK_REQUIRED if name not in header]
     if missing:
         raise CaptureInvalid(f"line {header_line[0]}: not a Zeek conn.log CSV header (missing {missing})")
     columns = {name: index for index, name in enumerate(header)}
     flows = []
     for number, text in lines:
-        row = next(csv.reader([text]))
+        row = _csv_row((number, text))
         if len(row) != len(header):
             raise CaptureInvalid(f"line {number}: {len(row)} fields where the header has {len(header)}")
         try:
@@ -349,6 +349,14 @@ def read_zeek_conn_csv(
         except ValueError as exc:
             raise CaptureInvalid(f"line {number}: {exc}") from None
     return tuple(flows)
+
+
+def _csv_row(line: tuple[int, str]) -> list[str]:
+    number, text = line
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as exc:
+        raise CaptureInvalid(f"line {number}: not CSV ({exc})") from None
 
 
 def _zeek_flow(row: list[str], columns: dict[str, int]) -> Flow:

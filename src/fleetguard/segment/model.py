@@ -72,7 +72,7 @@ class Peer:
     value: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class PortRange:
     """An inclusive range of ports; ``eq 443`` is ``PortRange(443, 443)``."""
 

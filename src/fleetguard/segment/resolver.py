@@ -147,7 +147,8 @@ class NameTable:
             answer = self._resolver.resolve(name)
         except LookupError:
             if entry is not None and now < entry.good_until:
-                return _Entry(entry.addresses, now + MIN_TTL_S, entry.good_until)
+                # Retried soon, and never later than the end of the grace period.
+                return _Entry(entry.addresses, min(now + MIN_TTL_S, entry.good_until), entry.good_until)
             return _Entry((), now + MIN_TTL_S, now)
         ttl = min(max(answer.ttl_s, MIN_TTL_S), MAX_TTL_S)
         return _Entry(answer.addresses, now + ttl, now + ttl + GRACE_S)

@@ -289,7 +289,10 @@ class SegmentationService:
 
     def set_signature_policy(self, policy: SignaturePolicy, *, actor: str) -> None:
         """Require signatures or not, and set the trusted signers (PEM certificates)."""
-        certificates = x509.load_pem_x509_certificates(policy.trusted_pem) if policy.trusted_pem else []
+        try:
+            certificates = x509.load_pem_x509_certificates(policy.trusted_pem) if policy.trusted_pem else []
+        except ValueError as exc:
+            raise InvalidInput(f"the trusted MUD signers are not PEM certificates: {exc}") from exc
         if policy.required and not certificates:
             raise InvalidInput("requiring signatures needs at least one trusted signer certificate")
         self._set(

@@ -408,7 +408,7 @@ def test_a_protocol_any_element_subsumes_a_tcp_one_and_icmp_types() -> None:
     assert rules.icmp == {(V4, OUT): frozenset({IcmpElement(1, net("192.0.2.0/24"), ALL_ICMP, ALL_ICMP)})}
 
 
-def test_partially_overlapping_elements_are_both_kept() -> None:
+def test_partially_overlapping_elements_are_cut_into_disjoint_ones_with_the_same_union() -> None:
     aces = (
         out_ace(
             "net", Peer(PeerKind.NETWORK, "192.0.2.0/24"), protocol=6, remote_ports=(PortRange(443, 443),)
@@ -416,9 +416,11 @@ def test_partially_overlapping_elements_are_both_kept() -> None:
         out_ace("host", Peer(PeerKind.NETWORK, "192.0.2.7/32"), protocol=6),
     )
 
-    # Neither covers the other: the network is wider, the host's ports are.
+    # Neither covers the other (the network is wider, the host's ports are), and nftables refuses
+    # overlapping elements: the host keeps every port, the network keeps 443 around the host.
+    around = ipaddress.ip_network("192.0.2.0/24").address_exclude(ipaddress.ip_network("192.0.2.7/32"))
     assert rules_of(*aces).ports == {
-        (V4, OUT): frozenset({tcp(1, "192.0.2.0/24", PortRange(443, 443)), tcp(1, "192.0.2.7/32")})
+        (V4, OUT): frozenset({tcp(1, "192.0.2.7/32")} | {tcp(1, str(n), PortRange(443, 443)) for n in around})
     }
 
 
@@ -607,15 +609,19 @@ def _points(element: PortElement, pick: int) -> list[tuple[int, int, int, int]]:
 
 @settings(max_examples=200, deadline=None)
 @given(aces=st.lists(_ACES, min_size=1, max_size=8), pick=st.integers(0, 2**32))
-def test_subsumption_keeps_every_allowed_point_and_leaves_no_element_inside_another(
+def test_compilation_keeps_every_allowed_point_and_leaves_no_element_touching_another(
     aces: list[Ace], pick: int
 ) -> None:
     before = {_element_of(ace) for ace in aces}
 
     after = rules_of(*aces).ports[(V4, OUT)]
 
-    assert after <= before  # elements are only dropped, never widened or merged
+    # Never widened: every corner and a middle point of what is left was allowed before.
+    for element in after:
+        for point in _points(element, pick):
+            assert _allows(before, *point), (element, point)
     assert [(a, b) for a in after for b in after if a != b and _contains(b, a)] == []
+    assert [(a, b) for a in after for b in after if a != b and _corner_inside(a, b)] == []
     for element in before:
         for point in _points(element, pick):
             assert _allows(after, *point), (element, point)

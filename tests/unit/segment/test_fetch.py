@@ -33,7 +33,8 @@ def _mud(url: str, signature_url: str | None = None) -> bytes:
     }  # fmt: skip
     if signature_url:
         mud["mud-signature"] = signature_url
-    acl: dict[str, object] = {"acl": [{"name": n, "type": "ipv4-acl-type", "aces": {"ace": []}} for n in ("f", "t")]}
+    empty = [{"name": n, "type": "ipv4-acl-type", "aces": {"ace": []}} for n in ("f", "t")]
+    acl: dict[str, object] = {"acl": empty}
     return json.dumps({"ietf-mud:mud": mud, "ietf-access-control-list:acls": acl}).encode()
 
 

@@ -28,7 +28,6 @@ from fleetguard.api.limits import BodyLimit
 from fleetguard.api.metrics import HttpMetrics, Metrics
 from fleetguard.api.openapi import finish_document
 from fleetguard.api.problems import UnhandledErrorGuard, install_problem_handlers
-from fleetguard.api.schemas_segment import MAX_PROFILE_BODY, MAX_SIMULATE_BODY
 from fleetguard.api.routers import (
     devices,
     enroll,
@@ -42,6 +41,7 @@ from fleetguard.api.routers import (
     transfer,
     trust,
 )
+from fleetguard.api.schemas_segment import MAX_PROFILE_BODY, MAX_SIMULATE_BODY
 from fleetguard.config import Settings
 from fleetguard.enroll import MAX_BATCH_INPUT_BYTES
 from fleetguard.installation import Runtime

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from fleetguard.cli import ca, certs, device_types, devices, enroll, events, policy, sites, tokens
+from fleetguard.cli import ca, certs, device_types, devices, enroll, events, policy, segment, sites, tokens
 from fleetguard.cli.context import CliContext, load_settings
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG, ReportingGroup
 from fleetguard.cli.init import init_command
@@ -37,6 +37,7 @@ app.add_typer(ca.app)
 app.add_typer(certs.app)
 app.add_typer(enroll.app)
 app.add_typer(policy.app)
+app.add_typer(segment.app)
 
 DataDir = Annotated[
     Path,

@@ -27,6 +27,7 @@ _PLACEHOLDERS = {
     "seq": "1",
     "serial": "1",
     "token_id": "000000000000",
+    "url": "https://no-such.example/mud.json",
     "version": "1",
 }
 _PROTECTED = [
@@ -38,7 +39,7 @@ _PROTECTED = [
 
 
 def _concrete(path: str) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: _PLACEHOLDERS[m[1]], path)
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _PLACEHOLDERS[m[1]], path)  # {url:path} too
 
 
 def _assert_problem(response_json: dict[str, object], status: int, code: str) -> None:

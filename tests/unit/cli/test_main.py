@@ -42,6 +42,7 @@ def test_the_tree_has_every_command_group() -> None:
         "certs",
         "enroll",
         "policy",
+        "segment",
     }
     assert ("devices", "import") in _PATHS
     assert ("events", "verify") in _PATHS

@@ -20,15 +20,13 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints
 
-from fleetguard.config import Settings
-from fleetguard.segment.compiler import FleetContext, compile_fleet, profile_names
+from fleetguard.segment.compiler import FleetContext
 from fleetguard.segment.model import Ace, Flow, MudProfile, Peer, PortRange
 from fleetguard.segment.mud import MAX_MUD_BYTES, MAX_URL
 from fleetguard.segment.nftables import Violation
-from fleetguard.segment.resolver import DnsResolver, NameTable, Resolver
-from fleetguard.segment.service import ApplyResult, Binding, SegmentationService, StoredProfile
+from fleetguard.segment.service import ApplyResult, Binding, StoredProfile
 from fleetguard.segment.signature import MAX_SIGNATURE_BYTES
-from fleetguard.segment.simulation import DeviceReport, FlowVerdict, Simulation, Verdict, simulate
+from fleetguard.segment.simulation import DeviceReport, FlowVerdict, Simulation, Verdict
 
 __all__ = [
     "MAX_PROFILE_BODY",
@@ -51,8 +49,6 @@ __all__ = [
     "SimulationRequest",
     "SimulationView",
     "ViolationView",
-    "resolver_for",
-    "simulate_proposal",
 ]
 
 MAX_PROFILE_BODY = 2 * MAX_MUD_BYTES + 2 * MAX_SIGNATURE_BYTES + 64 * 1024
@@ -428,32 +424,3 @@ class ViolationView(BaseModel):
             destination=str(violation.destination), destination_port=violation.destination_port,
             expires_s=violation.expires_s,
         )  # fmt: skip
-
-
-def resolver_for(settings: Settings) -> Resolver:
-    """Return the DNS resolver the installation's settings name (as the runtime's service uses)."""
-    servers = [server.strip() for server in settings.segment_nameservers.split(",") if server.strip()]
-    return DnsResolver(nameservers=servers, port=settings.segment_dns_port)
-
-
-def simulate_proposal(
-    segment: SegmentationService,
-    flows: Iterable[Flow],
-    proposed: Sequence[MudProfile],
-    *,
-    resolver: Resolver,
-) -> Simulation:
-    """Judge ``flows`` under the fleet compiled with ``proposed`` in place of the stored profiles of the
-    same MUD URL (see the module docstring); nothing is stored or applied.
-
-    The devices, their MUD URLs and the quarantine come from the service; with proposals, every
-    profile's DNS names are resolved again with ``resolver``.
-    """
-    fleet, quarantined = segment.compile()
-    if proposed:
-        profiles = {stored.profile.url: stored.profile for stored in segment.profiles()}
-        profiles.update((profile.url, profile) for profile in proposed)
-        names = NameTable(resolver)
-        names.refresh(profile_names(profiles.values()))
-        fleet = compile_fleet(profiles, list(fleet.devices.values()), segment.context(), names.addresses())
-    return simulate(fleet, flows, quarantined=quarantined)

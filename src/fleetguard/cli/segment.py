@@ -36,14 +36,12 @@ from fleetguard.cli.output import (
     print_table,
     progress_bar,
 )
-from fleetguard.config import Settings
 from fleetguard.errors import InvalidInput
 from fleetguard.segment.capture import read_capture
 from fleetguard.segment.flows import ObservedTraffic, assemble_flows, read_flows_jsonl, read_zeek_conn_csv
 from fleetguard.segment.learning import DeviceMatch, LearnedProfile, learn_profile
 from fleetguard.segment.model import Flow, MudProfile
 from fleetguard.segment.mud import MAX_MUD_BYTES, parse_mud
-from fleetguard.segment.nftables import Nftables, read_counters
 from fleetguard.segment.service import ApplyResult, SignaturePolicy, StoredProfile, parse_context
 from fleetguard.segment.signature import MAX_SIGNATURE_BYTES, MAX_TRUSTED_CERTIFICATES
 from fleetguard.segment.simulation import FlowVerdict, Simulation
@@ -586,9 +584,7 @@ def simulate_flows(
     proposed = [parse_mud(_read_bounded(path, MAX_MUD_BYTES)) for path in profile or ()]
     traffic = _read_traffic(flows, flows_format or _format_of(flows))
     with cli_context(ctx).runtime() as runtime:
-        simulation = views.simulate_proposal(
-            runtime.segment, traffic.flows, proposed, resolver=views.resolver_for(runtime.settings)
-        )
+        simulation = runtime.segment.simulate(traffic.flows, proposed=proposed)
     if as_json:
         print_json(views.SimulationView.of(simulation, proposed).model_dump(mode="json"))
         return
@@ -655,7 +651,7 @@ def counters(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """
     with cli_context(ctx).runtime() as runtime:
         bindings = runtime.segment.bindings()
-        by_set = read_counters(_nftables(runtime.settings))
+        by_set = runtime.segment.counters()
     records = []
     for binding in bindings:
         for address in (binding.ipv4, binding.ipv6):
@@ -681,11 +677,6 @@ def counters(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 # -- internals -------------------------------------------------------------------------------
-
-
-def _nftables(settings: Settings) -> Nftables:
-    """The nft program as the runtime's segmentation service runs it (fleetguard.installation)."""
-    return Nftables(prefix=("ip", "netns", "exec", settings.segment_netns) if settings.segment_netns else ())
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

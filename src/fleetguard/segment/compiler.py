@@ -382,31 +382,44 @@ _Box = tuple[tuple[int, int], ...]
 
 
 def _disjoint_ports(elements: frozenset[PortElement]) -> frozenset[PortElement]:
-    by_class: dict[int, list[_Box]] = {}
-    for e in elements:
-        by_class.setdefault(e.klass, []).append(
+    listed = list(elements)
+    by_class: dict[int, list[int]] = {}
+    for index, e in enumerate(listed):
+        by_class.setdefault(e.klass, []).append(index)
+    out: list[PortElement] = []
+    for klass, indexes in by_class.items():
+        boxes: list[_Box] = [
             (_span(e.remote), e.protocol, (e.remote_ports.low, e.remote_ports.high),
              (e.device_ports.low, e.device_ports.high))
-        )  # fmt: skip
-    out: set[PortElement] = set()
-    version = next(iter(elements)).remote.version if elements else 4
-    for klass, boxes in by_class.items():
-        for box in _disjoint(boxes):
-            for network in _networks(version, box[0]):
-                out.add(PortElement(klass, box[1], network, PortRange(*box[2]), PortRange(*box[3])))
+            for e in (listed[i] for i in indexes)
+        ]  # fmt: skip
+        unchanged, pieces = _disjoint(boxes)
+        out.extend(listed[indexes[i]] for i in unchanged)
+        version = listed[indexes[0]].remote.version
+        out.extend(
+            PortElement(klass, box[1], network, PortRange(*box[2]), PortRange(*box[3]))
+            for box in pieces
+            for network in _networks(version, box[0])
+        )
     return frozenset(out)
 
 
 def _disjoint_icmp(elements: frozenset[IcmpElement]) -> frozenset[IcmpElement]:
-    by_class: dict[int, list[_Box]] = {}
-    for e in elements:
-        by_class.setdefault(e.klass, []).append((_span(e.remote), e.types, e.codes))
-    out: set[IcmpElement] = set()
-    version = next(iter(elements)).remote.version if elements else 4
-    for klass, boxes in by_class.items():
-        for box in _disjoint(boxes):
-            for network in _networks(version, box[0]):
-                out.add(IcmpElement(klass, network, box[1], box[2]))
+    listed = list(elements)
+    by_class: dict[int, list[int]] = {}
+    for index, e in enumerate(listed):
+        by_class.setdefault(e.klass, []).append(index)
+    out: list[IcmpElement] = []
+    for klass, indexes in by_class.items():
+        boxes: list[_Box] = [(_span(listed[i].remote), listed[i].types, listed[i].codes) for i in indexes]
+        unchanged, pieces = _disjoint(boxes)
+        out.extend(listed[indexes[i]] for i in unchanged)
+        version = listed[indexes[0]].remote.version
+        out.extend(
+            IcmpElement(klass, network, box[1], box[2])
+            for box in pieces
+            for network in _networks(version, box[0])
+        )
     return frozenset(out)
 
 
@@ -421,18 +434,52 @@ def _networks(version: int, span: tuple[int, int]) -> list[IpNetwork]:
     return list(ipaddress.summarize_address_range(kind(span[0]), kind(span[1])))
 
 
-def _disjoint(boxes: list[_Box]) -> list[_Box]:
-    """Pairwise disjoint boxes with the same union (field 0 is the address span)."""
+def _disjoint(boxes: list[_Box]) -> tuple[list[int], list[_Box]]:
+    """Make the boxes pairwise disjoint with the same union (field 0 is the address span).
+
+    Returns the indexes of the boxes that stay as they are, and the pieces that replace the others.
+    """
     conflicted = _overlapping(boxes)
-    out = [box for index, box in enumerate(boxes) if index not in conflicted]
-    kept: list[_Box] = []
-    # Larger boxes first, so the smaller ones are cut around them (deterministic order).
-    for box in sorted((boxes[i] for i in conflicted), key=lambda b: (-_volume(b), b)):
+    unchanged = [index for index in range(len(boxes)) if index not in conflicted]
+    kept = _AddressIndex()
+    # Wider address spans first, then larger boxes, so that the many narrow boxes (hosts) are each
+    # cut around the few wide ones (networks), not a network around every host (deterministic).
+    for box in sorted((boxes[i] for i in conflicted), key=lambda b: (b[0][0] - b[0][1], -_volume(b), b)):
         pieces = [box]
-        for other in kept:
+        for other in kept.near(box[0]):
             pieces = [piece for p in pieces for piece in _subtract(p, other)]
-        kept.extend(pieces)
-    return out + kept
+            if not pieces:
+                break
+        for piece in pieces:
+            kept.add(piece)
+    return unchanged, kept.boxes
+
+
+class _AddressIndex:
+    """Kept boxes, found by address: wide ones always, narrow ones by 256-address bucket."""
+
+    _SHIFT = 8
+
+    def __init__(self) -> None:
+        self.boxes: list[_Box] = []
+        self._wide: list[_Box] = []
+        self._buckets: dict[int, list[_Box]] = {}
+
+    def add(self, box: _Box) -> None:
+        self.boxes.append(box)
+        low, high = box[0][0] >> self._SHIFT, box[0][1] >> self._SHIFT
+        if high - low > 1:
+            self._wide.append(box)
+            return
+        for bucket in {low, high}:
+            self._buckets.setdefault(bucket, []).append(box)
+
+    def near(self, span: tuple[int, int]) -> list[_Box]:
+        low, high = span[0] >> self._SHIFT, span[1] >> self._SHIFT
+        if high - low > 1:
+            return list(self.boxes)
+        narrow = [box for bucket in {low, high} for box in self._buckets.get(bucket, ())]
+        return self._wide + narrow
 
 
 def _overlapping(boxes: list[_Box]) -> set[int]:

@@ -306,12 +306,23 @@ class SegmentationService:
         value = self._get("signatures") or {}
         return SignaturePolicy(bool(value.get("required", False)), str(value.get("trusted_pem", "")).encode())
 
-    def _set(self, name: str, value: object, *, actor: str) -> None:
+    def _reported_violations(self) -> set[tuple[str, int, str, int]]:
+        value = self._get("violations_reported") or {}
+        keys = value.get("keys", [])
+        if not isinstance(keys, list):
+            return set()
+        return {
+            (str(k[0]), int(k[1]), str(k[2]), int(k[3])) for k in keys if isinstance(k, list) and len(k) == 4
+        }
+
+    def _set(self, name: str, value: object, *, actor: str, log: bool = True) -> None:
         now = self._clock()
         with self._db.transaction() as session:
             row = session.get(SegmentSettingRow, name) or SegmentSettingRow(name=name)
             row.value, row.updated_at = value, now
             session.add(row)
+            if not log:
+                return
             self._log.append(
                 session,
                 NewEvent(actor=actor, subject="segment:settings", action="segment.settings_changed",
@@ -327,9 +338,14 @@ class SegmentationService:
 
     # -- compile and apply ----------------------------------------------------------------------
 
-    def compile(self) -> tuple[CompiledFleet, list[IpAddress]]:
-        """The fleet's compiled policy and the addresses to hold in quarantine."""
+    def compile(self, proposed: Sequence[MudProfile] = ()) -> tuple[CompiledFleet, list[IpAddress]]:
+        """The fleet's compiled policy and the addresses to hold in quarantine.
+
+        ``proposed`` profiles replace the stored profiles of the same MUD URL (for simulation);
+        nothing is stored.
+        """
         profiles = {stored.profile.url: stored.profile for stored in self.profiles()}
+        profiles.update((profile.url, profile) for profile in proposed)
         devices, quarantined = self._devices()
         names = profile_names(profiles.values())
         self._names.refresh(names)
@@ -482,6 +498,7 @@ class SegmentationService:
                     by_address[address] = binding.device_id
         found: list[tuple[str, Violation]] = []
         current: set[tuple[str, int, str, int]] = set()
+        reported = self._seen_violations | self._reported_violations()
         for violation in read_violations(self._nft):
             key = (
                 str(violation.source),
@@ -491,9 +508,13 @@ class SegmentationService:
             )
             current.add(key)
             device = by_address.get(violation.source) or by_address.get(violation.destination)
-            if key not in self._seen_violations and device is not None:
+            if key not in reported and device is not None:
                 found.append((device, violation))
         self._seen_violations = current
+        if current != reported:
+            # Remembered in the store too, so that a `fleetguard segment detect` in another process
+            # does not report again what is still in the set (entries expire from it after an hour).
+            self._set("violations_reported", {"keys": sorted(map(list, current))}, actor=actor, log=False)
         if found:
             self._log_violations(found, by_address, actor)
         return found
@@ -514,6 +535,16 @@ class SegmentationService:
                     now=now,
                 )  # fmt: skip
         publish_committed(self._on_commit)
+
+    def simulate(self, flows: Iterable[Flow], *, proposed: Sequence[MudProfile] = ()) -> Simulation:
+        """Judge ``flows`` under the policy in force, or with ``proposed`` profiles in place of the
+        stored ones of the same MUD URL; nothing is stored or applied."""
+        fleet, quarantined = self.compile(proposed)
+        return simulate(fleet, flows, quarantined=quarantined)
+
+    def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per-address (packets, bytes) of the class, denied and quarantine sets in force."""
+        return read_counters(self._nft)
 
     def detect_flows(self, flows: Iterable[Flow], *, actor: str, limit: int = MAX_FLOW_EVENTS) -> Simulation:
         """Judge recorded flows (a pcap's, a flow exporter's) against the policy in force.

@@ -21,8 +21,6 @@ import pytest
 from typer.testing import Result
 
 from fleetguard import installation
-from fleetguard.api import schemas_segment
-from fleetguard.cli import segment
 from fleetguard.config import Settings
 from fleetguard.segment.errors import RulesetRejected
 from fleetguard.segment.flows import write_flows_jsonl
@@ -127,8 +125,6 @@ def nft(monkeypatch: pytest.MonkeyPatch) -> FakeNft:
 
     monkeypatch.setattr(installation, "_nftables", nftables)
     monkeypatch.setattr(installation, "_resolver", resolvers)
-    monkeypatch.setattr(segment, "_nftables", nftables)
-    monkeypatch.setattr(schemas_segment, "resolver_for", resolvers)
     return fake
 
 

@@ -556,3 +556,27 @@ def test_detect_logs_each_new_violation_once(
 
     assert bound.detect() == []
     assert len(events(log, "segment.violation")) == 2
+
+
+def test_detect_in_another_process_does_not_report_again_what_is_still_in_the_set(
+    bound: SegmentationService,
+    nft: RecordingNft,
+    log: EventLog,
+    database: Database,
+    inventory: Inventory,
+) -> None:
+    nft.answers = {
+        ("list", "set", "inet", "fleetguard", "violations4"): _violations(
+            "4", [("10.1.0.2", "tcp", "203.0.113.9", 22)]
+        ),
+        ("list", "set", "inet", "fleetguard", "violations6"): _violations("6", []),
+    }
+    assert len(bound.detect()) == 1
+    # A second service on the same store, as `fleetguard segment detect` run again would be.
+    again = SegmentationService(database, log, inventory, nft=nft, resolver=StaticResolver({}), clock=Clock())
+    assert again.detect() == []
+    nft.answers[("list", "set", "inet", "fleetguard", "violations4")] = _violations(
+        "4", [("10.1.0.2", "tcp", "203.0.113.9", 22), ("10.1.0.2", "tcp", "203.0.113.9", 23)]
+    )
+    assert [v.destination_port for _, v in again.detect()] == [23]
+    assert len(events(log, "segment.violation")) == 2

@@ -168,12 +168,7 @@ async def simulate_flows(
 
 def _simulate(runtime: Runtime, body: views.SimulationRequest) -> views.SimulationView:
     proposed = [parse_mud(text.encode("utf-8")) for text in body.profiles]
-    simulation = views.simulate_proposal(
-        runtime.segment,
-        (record.flow() for record in body.flows),
-        proposed,
-        resolver=views.resolver_for(runtime.settings),
-    )
+    simulation = runtime.segment.simulate((record.flow() for record in body.flows), proposed=proposed)
     return views.SimulationView.of(simulation, proposed)
 
 

@@ -36,8 +36,9 @@ from fleetguard.cli.output import (
     print_table,
     progress_bar,
 )
-from fleetguard.errors import InvalidInput
+from fleetguard.errors import FleetguardError, InvalidInput
 from fleetguard.segment.capture import read_capture
+from fleetguard.segment.fetch import HttpsFetcher, fetch_profile
 from fleetguard.segment.flows import ObservedTraffic, assemble_flows, read_flows_jsonl, read_zeek_conn_csv
 from fleetguard.segment.learning import DeviceMatch, LearnedProfile, learn_profile
 from fleetguard.segment.model import Flow, MudProfile
@@ -158,6 +159,57 @@ def add_profile(
     with cli_context(ctx).runtime() as runtime:
         stored = runtime.segment.add_profile(document, actor=operator_actor(), signature=signed)
     typer.echo(f"added MUD profile {stored.profile.url}: {_describe(stored)}")
+
+
+@profile_app.command("fetch")
+def fetch_profiles(
+    ctx: typer.Context,
+    urls: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[URL]...",
+            help="MUD URLs to fetch; none: every device's and device type's "
+            "MUD URL that has no stored profile.",
+            show_default=False,
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Trust these CA certificates (PEM) for the MUD servers instead of the system's.",
+        ),
+    ] = None,
+) -> None:
+    """Fetch MUD files (and their signatures) over https, as a MUD manager does, and store them.
+
+    Only https; no redirects; at most 1 MiB a file. A file must name the URL it was fetched from as
+    its mud-url. Its mud-signature is fetched too and checked as `profile add --signature` does.
+    Each URL's outcome is printed; exit 1 if any failed (those that succeeded are stored).
+    """
+    fetcher = HttpsFetcher(ca_file=ca_file)
+    failed = 0
+    with cli_context(ctx).runtime() as runtime:
+        wanted = list(urls or ()) or runtime.segment.missing_profiles()
+        if not wanted:
+            typer.echo("every MUD URL in the fleet has a stored profile")
+            return
+        for url in wanted:
+            try:
+                fetched = fetch_profile(url, fetcher)
+                stored = runtime.segment.add_profile(
+                    fetched.document, actor=operator_actor(), signature=fetched.signature, source="fetched"
+                )
+            except FleetguardError as exc:
+                failed += 1
+                typer.echo(f"{url}: {exc}", err=True)
+                continue
+            typer.echo(f"fetched {url}: {_describe(stored)}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @profile_app.command("list")

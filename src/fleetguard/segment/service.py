@@ -198,6 +198,18 @@ class SegmentationService:
         signer = verify_mud_signature(document, signature, policy.trusted_pem, now=now)
         return signer.subject.rfc4514_string()
 
+    def missing_profiles(self) -> list[str]:
+        """MUD URLs of devices (their own or their type's) that have no stored profile, sorted."""
+        with self._db.reading() as session:
+            own = session.scalars(
+                select(DeviceRow.mud_url).where(DeviceRow.mud_url.is_not(None)).distinct()
+            ).all()
+            typed = session.scalars(
+                select(DeviceTypeRow.mud_url).where(DeviceTypeRow.mud_url.is_not(None)).distinct()
+            ).all()
+            stored = set(session.scalars(select(MudProfileRow.url)).all())
+        return sorted({url for url in (*own, *typed) if url} - stored)
+
     def profiles(self) -> list[StoredProfile]:
         """Every stored profile, by URL."""
         with self._db.reading() as session:

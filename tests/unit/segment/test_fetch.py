@@ -17,9 +17,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
 
+from fleetguard.cli.main import app
+from fleetguard.config import Settings
+from fleetguard.installation import Runtime, initialize
 from fleetguard.segment.errors import MudInvalid, MudTooLarge, SegmentError
 from fleetguard.segment.fetch import HttpsFetcher, fetch_profile
+from fleetguard.types import utc_now
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -154,3 +159,33 @@ def test_http_urls_and_bad_documents_are_refused(server: Server) -> None:
     )
     with pytest.raises(SegmentError, match="HTTP 404"):
         fetch_profile(f"{server.base}/missing-sig.json", HttpsFetcher(ca_file=server.ca_file))
+
+
+def test_the_cli_fetches_every_mud_url_of_the_fleet_that_has_no_profile(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    initialize(settings, "example.org", now=utc_now())
+    url = f"{server.base}/fleet-cam.json"
+    server.files["/fleet-cam.json"] = (200, _mud(url), {})
+    runtime = Runtime(settings)
+    try:
+        runtime.inventory.add_device_type("cam", manufacturer="Acme", model="Cam", mud_url=url, actor="ops")
+        runtime.inventory.add_device_type(
+            "gone", manufacturer="Acme", model="Old", mud_url=f"{server.base}/gone.json", actor="ops"
+        )
+    finally:
+        runtime.close()
+    data = ["--data-dir", str(settings.data_dir)]
+
+    result = CliRunner().invoke(app, [*data, "segment", "profile", "fetch", "--ca-file", str(server.ca_file)])
+
+    assert result.exit_code == 1
+    assert f"fetched {url}: 0 ACEs" in result.stdout
+    assert f"{server.base}/gone.json: {server.base}/gone.json: HTTP 404" in result.stderr
+    runtime = Runtime(settings)
+    try:
+        assert [(p.profile.url, p.source) for p in runtime.segment.profiles()] == [(url, "fetched")]
+        assert runtime.segment.missing_profiles() == [f"{server.base}/gone.json"]
+    finally:
+        runtime.close()

@@ -26,21 +26,9 @@ from fleetguard.segment.model import Flow
 from fleetguard.segment.service import SignaturePolicy, parse_context
 from fleetguard.segment.signature import sign_mud
 from fleetguard.types import utc_now
+from segment_doubles import RecordingNft
 
 URL = "https://camera.example.com/cam-1000"
-
-
-class RecordingNft:
-    """Records every script; answers queries with empty sets."""
-
-    def __init__(self) -> None:
-        self.scripts: list[tuple[str, bool]] = []
-
-    def run(self, script: str, *, check_only: bool = False) -> None:
-        self.scripts.append((script, check_only))
-
-    def query(self, *arguments: str) -> str:
-        return json.dumps({"nftables": [{"set": {"name": arguments[-1], "elem": []}}]})
 
 
 @pytest.fixture

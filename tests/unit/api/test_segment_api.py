@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,87 +18,23 @@ import pytest
 from fleetguard.api.schemas_segment import MAX_PROFILE_BODY
 from fleetguard.api.tokens import Role
 from fleetguard.inventory.model import DeviceSpec
-from fleetguard.segment.errors import RulesetRejected
 from fleetguard.segment.mud import parse_mud
 from fleetguard.segment.resolver import StaticResolver
 from fleetguard.segment.service import SegmentationService
 from fleetguard.types import utc_now
+from segment_doubles import RecordingNft as FakeNft
+from segment_doubles import camera_mud
 
 if TYPE_CHECKING:
     from conftest import Api
 
 CAM_URL = "https://cam.example.com/cam.json"
 CLOUD = "203.0.113.10"
-CAM_MUD = {
-    "ietf-mud:mud": {
-        "mud-version": 1,
-        "mud-url": CAM_URL,
-        "last-update": "2025-01-01T00:00:00+00:00",
-        "cache-validity": 48,
-        "is-supported": True,
-        "systeminfo": "Example camera",
-        "mfg-name": "Example",
-        "model-name": "Cam 1",
-        "from-device-policy": {"access-lists": {"access-list": [{"name": "from-ipv4"}]}},
-        "to-device-policy": {"access-lists": {"access-list": [{"name": "to-ipv4"}]}},
-    },
-    "ietf-access-control-list:acls": {
-        "acl": [
-            {
-                "name": "from-ipv4",
-                "type": "ipv4-acl-type",
-                "aces": {
-                    "ace": [
-                        {
-                            "name": "cloud",
-                            "actions": {"forwarding": "accept"},
-                            "matches": {
-                                "ipv4": {"protocol": 6, "destination-ipv4-network": f"{CLOUD}/32"},
-                                "tcp": {"destination-port": {"operator": "eq", "port": 443}},
-                            },
-                        }
-                    ]
-                },
-            },
-            {
-                "name": "to-ipv4",
-                "type": "ipv4-acl-type",
-                "aces": {
-                    "ace": [
-                        {
-                            "name": "cloud-replies",
-                            "actions": {"forwarding": "accept"},
-                            "matches": {
-                                "ipv4": {"protocol": 6, "source-ipv4-network": f"{CLOUD}/32"},
-                                "tcp": {"source-port": {"operator": "eq", "port": 443}},
-                            },
-                        }
-                    ]
-                },
-            },
-        ]
-    },
-}
+CAM_MUD = camera_mud(CAM_URL, CLOUD)
 CAM_TEXT = json.dumps(CAM_MUD, indent=2)
 CAM_DIGEST = parse_mud(CAM_TEXT.encode()).digest
 PROFILES = "/v1/segment/profiles"
 START = "2025-06-01T12:00:00Z"
-
-
-@dataclass
-class FakeNft:
-    """Records the scripts nft would run; answers every query with empty sets."""
-
-    scripts: list[tuple[str, bool]] = field(default_factory=list)
-    refuse: bool = False
-
-    def run(self, script: str, *, check_only: bool = False) -> None:
-        if self.refuse:
-            raise RulesetRejected("nft refused the change (exit 1); the ruleset in force is unchanged: boom")
-        self.scripts.append((script, check_only))
-
-    def query(self, *arguments: str) -> str:
-        return '{"nftables": []}'
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import datetime as dt
 import ipaddress
 import json
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,12 @@ from typer.testing import Result
 
 from fleetguard import installation
 from fleetguard.config import Settings
-from fleetguard.segment.errors import RulesetRejected
 from fleetguard.segment.flows import write_flows_jsonl
 from fleetguard.segment.model import Direction, Flow
 from fleetguard.segment.mud import parse_mud
 from fleetguard.segment.resolver import StaticResolver
+from segment_doubles import RecordingNft as FakeNft
+from segment_doubles import camera_mud
 
 from .conftest import Cli, one_line
 
@@ -38,77 +38,10 @@ BENIGN = DATA / "net" / "benign-devices" / "schlage-lock-01.pcap"
 
 CAM_URL = "https://cam.example.com/cam.json"
 CLOUD = "203.0.113.10"
-CAM_MUD = {
-    "ietf-mud:mud": {
-        "mud-version": 1,
-        "mud-url": CAM_URL,
-        "last-update": "2025-01-01T00:00:00+00:00",
-        "cache-validity": 48,
-        "is-supported": True,
-        "systeminfo": "Example camera",
-        "mfg-name": "Example",
-        "model-name": "Cam 1",
-        "from-device-policy": {"access-lists": {"access-list": [{"name": "from-ipv4"}]}},
-        "to-device-policy": {"access-lists": {"access-list": [{"name": "to-ipv4"}]}},
-    },
-    "ietf-access-control-list:acls": {
-        "acl": [
-            {
-                "name": "from-ipv4",
-                "type": "ipv4-acl-type",
-                "aces": {
-                    "ace": [
-                        {
-                            "name": "cloud",
-                            "actions": {"forwarding": "accept"},
-                            "matches": {
-                                "ipv4": {"protocol": 6, "destination-ipv4-network": f"{CLOUD}/32"},
-                                "tcp": {"destination-port": {"operator": "eq", "port": 443}},
-                            },
-                        }
-                    ]
-                },
-            },
-            {
-                "name": "to-ipv4",
-                "type": "ipv4-acl-type",
-                "aces": {
-                    "ace": [
-                        {
-                            "name": "cloud-replies",
-                            "actions": {"forwarding": "accept"},
-                            "matches": {
-                                "ipv4": {"protocol": 6, "source-ipv4-network": f"{CLOUD}/32"},
-                                "tcp": {"source-port": {"operator": "eq", "port": 443}},
-                            },
-                        }
-                    ]
-                },
-            },
-        ]
-    },
-}
+CAM_MUD = camera_mud(CAM_URL, CLOUD)
 CAM_DOCUMENT = json.dumps(CAM_MUD, indent=2).encode()
 CAM_DIGEST = parse_mud(CAM_DOCUMENT).digest
 START = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
-EMPTY_SET = '{"nftables": []}'
-
-
-@dataclass
-class FakeNft:
-    """Records the scripts nft would run; answers ``nft -j`` queries from ``answers``."""
-
-    scripts: list[tuple[str, bool]] = field(default_factory=list)
-    answers: dict[tuple[str, ...], str] = field(default_factory=dict)
-    refuse: bool = False
-
-    def run(self, script: str, *, check_only: bool = False) -> None:
-        if self.refuse:
-            raise RulesetRejected("nft refused the change (exit 1); the ruleset in force is unchanged: boom")
-        self.scripts.append((script, check_only))
-
-    def query(self, *arguments: str) -> str:
-        return self.answers.get(arguments, EMPTY_SET)
 
 
 @pytest.fixture

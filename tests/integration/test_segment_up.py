@@ -14,8 +14,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +28,13 @@ from dns_server import DnsServer
 from network_lab import Lab, lab_available
 from prerequisites import free_port, require
 from test_segment_nftables import CAMERA_MUD, CAMERA_URL, CONNECT, TCP_SERVER, UDP_ECHO
+from waiting import eventually, healthy, wait_for
 
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
 from fleetguard.inventory.lifecycle import Action as Lifecycle
 from fleetguard.inventory.model import DeviceSpec
 from fleetguard.segment.service import parse_context
-
-_WAIT_S = 20.0
 
 
 @dataclass
@@ -112,9 +110,9 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         api = f"http://127.0.0.1:{api_port}"
-        _wait_for(lambda: _healthy(api), "fleetguard up /healthz", server)
+        wait_for(lambda: healthy(api), "fleetguard up /healthz", server)
         found = Gateway(lab, api, token, settings)
-        _wait_for(lambda: bool(found.events("segment.applied")), "the ruleset applied", server)
+        wait_for(lambda: bool(found.events("segment.applied")), "the ruleset applied", server)
         yield found
     finally:
         if server is not None:
@@ -152,51 +150,24 @@ def test_up_enforces_the_camera_profile_and_quarantines_it_at_the_firewall(gatew
     assert gateway.reach("camera", "198.51.100.7", 443)  # its cloud, by the name's DNS answer
     assert gateway.reach("camera", "10.9.0.53", 53, "udp")
     assert not gateway.reach("camera", "10.20.0.10", 443)
-    _eventually(
+    eventually(
         lambda: any(d.get("destination") == "10.20.0.10" for _, d in gateway.events("segment.violation")),
         "a segment.violation event for the corporate host",
     )
 
     gateway.post("/v1/devices/cam-1/transitions", {"action": "quarantine", "reason": "test"})
-    _eventually(lambda: not gateway.reach("camera", "198.51.100.7", 443), "the camera cut off")
+    eventually(lambda: not gateway.reach("camera", "198.51.100.7", 443), "the camera cut off")
     assert not gateway.reach("camera", "10.9.0.53", 53, "udp")
-    _eventually(
+    eventually(
         lambda: (
             ("device:cam-1", "10.1.0.2")
             in [(s, d["addresses"]) for s, d in gateway.events("segment.quarantined")]
         ),
         "segment.quarantined logged",
     )
-    _eventually(
+    eventually(
         lambda: any(s == "device:cam-1" for s, _ in gateway.events("trust.enforced")), "trust.enforced logged"
     )
 
     gateway.post("/v1/devices/cam-1/transitions", {"action": "release", "reason": "test"})
-    _eventually(lambda: gateway.reach("camera", "198.51.100.7", 443), "the camera released")
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _wait_for(check: Callable[[], bool], what: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"fleetguard up exited: {server.communicate()}")
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not come up")
-
-
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _WAIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen within {_WAIT_S} s")
+    eventually(lambda: gateway.reach("camera", "198.51.100.7", 443), "the camera released")

@@ -21,8 +21,7 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from prerequisites import free_port
+from waiting import eventually, healthy, wait_for
 
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
@@ -216,11 +216,11 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     )  # fmt: skip
     api = f"http://127.0.0.1:{api_port}"
     try:
-        _wait_for(lambda: _healthy(api), "fleetguard up /healthz", server)
-        _wait_for(lambda: _listening(mqtt_port), "the MQTT broker", server)
+        wait_for(lambda: healthy(api), "fleetguard up /healthz", server)
+        wait_for(lambda: _listening(mqtt_port), "the MQTT broker", server)
         fleet = Fleet(api, token, mqtt_port, files, settings)
         for device_id in ("dev-1", "dev-2"):  # the start-up reconciliation has enforced both
-            _wait_for(lambda d=device_id: fleet.enforced(d, "allow") > 0, f"{device_id} enforced", server)
+            wait_for(lambda d=device_id: fleet.enforced(d, "allow") > 0, f"{device_id} enforced", server)
         yield fleet
     finally:
         server.terminate()
@@ -232,39 +232,12 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         os.environ.pop("FLEETGUARD_CA_PASSPHRASE", None)
 
 
-def _healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
         return False
     return True
-
-
-def _wait_for(check: Callable[[], bool], what: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"fleetguard up exited: {server.communicate()}")
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not come up")
-
-
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _WAIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"not within {_WAIT_S} s: {what}")
 
 
 def test_decisions_are_enforced_at_the_broker_through_the_lifecycle(fleet: Fleet) -> None:
@@ -275,15 +248,15 @@ def test_decisions_are_enforced_at_the_broker_through_the_lifecycle(fleet: Fleet
         assert device.publish("devices/dev-2/telemetry") == NOT_AUTHORIZED  # another device's topic
 
         fleet.transition("dev-1", "quarantine")
-        _eventually(lambda: fleet.enforced("dev-1", "deny") == 1, "the quarantine is verified")
+        eventually(lambda: fleet.enforced("dev-1", "deny") == 1, "the quarantine is verified")
         assert device.closed.wait(_WAIT_S), "the quarantined device was not kicked"
         assert device.connect() == 0  # certificate clients are let in, and then denied everything
         codes = [device.publish("devices/dev-1/telemetry"), device.publish("devices/dev-1/status")]
         assert codes == [NOT_AUTHORIZED] * 2, (codes, fleet.trail("dev-1"))
 
         fleet.transition("dev-1", "release")
-        _eventually(lambda: fleet.enforced("dev-1", "allow") == 2, "the release is verified")
-        _eventually(device.closed.is_set, "the released device is kicked to pick up its rights")
+        eventually(lambda: fleet.enforced("dev-1", "allow") == 2, "the release is verified")
+        eventually(device.closed.is_set, "the released device is kicked to pick up its rights")
         assert device.connect() == 0
         assert device.publish("devices/dev-1/telemetry") in ACCEPTED
     finally:
@@ -295,11 +268,11 @@ def test_a_revoked_device_cannot_reconnect_and_a_decommissioned_one_cannot_conne
     assert device.connect() == 0
     fleet.revoke("dev-1")
     assert device.closed.wait(_WAIT_S), "the revoked device was not kicked"
-    _eventually(lambda: _refused(device), "the revoked certificate is refused at the handshake")
+    eventually(lambda: _refused(device), "the revoked certificate is refused at the handshake")
 
     other = Device(fleet, "dev-2")
     fleet.transition("dev-2", "decommission")
-    _eventually(lambda: _denied(other), "the decommissioned device is denied")
+    eventually(lambda: _denied(other), "the decommissioned device is denied")
 
 
 def _refused(device: Device) -> bool:

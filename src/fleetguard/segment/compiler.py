@@ -26,8 +26,10 @@ reported in :attr:`CompiledFleet.unresolved`; it never widens to "any".
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -45,6 +47,7 @@ __all__ = [
     "PortElement",
     "compile_fleet",
     "compile_profile",
+    "paused_gc",
     "profile_names",
 ]
 
@@ -140,6 +143,23 @@ def profile_names(profiles: Iterable[MudProfile]) -> frozenset[str]:
     )
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the duration (re-enabled as it was).
+
+    Compiling 50,000 devices allocates about a million small acyclic objects (elements, networks,
+    tuples); the cyclic collections that triggers doubled the time. Reference counting still frees
+    them all.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def compile_fleet(
     profiles: Mapping[str, MudProfile],
     devices: Sequence[DeviceBinding],
@@ -151,6 +171,16 @@ def compile_fleet(
     ``profiles`` maps MUD URL to profile; ``dns`` maps each name of :func:`profile_names` to the
     addresses it resolves to now. A device whose MUD URL has no profile is managed and denied.
     """
+    with paused_gc():
+        return _compile_fleet(profiles, devices, context, dns)
+
+
+def _compile_fleet(
+    profiles: Mapping[str, MudProfile],
+    devices: Sequence[DeviceBinding],
+    context: FleetContext,
+    dns: Mapping[str, tuple[IpAddress, ...]],
+) -> CompiledFleet:
     classes = {url: number for number, url in enumerate(sorted(profiles), start=1)}
     peers = _FleetPeers.from_devices(devices, context, dns)
     rules = {classes[url]: compile_profile(profile, classes[url], peers) for url, profile in profiles.items()}

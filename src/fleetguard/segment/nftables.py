@@ -31,7 +31,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fleetguard.segment.compiler import CompiledFleet, IcmpElement, IpAddress, IpNetwork, PortElement
+from fleetguard.segment.compiler import (
+    CompiledFleet,
+    IcmpElement,
+    IpAddress,
+    IpNetwork,
+    PortElement,
+    paused_gc,
+)
 from fleetguard.segment.errors import RulesetRejected
 from fleetguard.segment.model import Direction, Family, PortRange
 
@@ -144,7 +151,8 @@ _ANY_MAC = "00:00:00:00:00:00-ff:ff:ff:ff:ff:ff"
 
 def render_fleet(fleet: CompiledFleet, *, quarantined: Iterable[IpAddress] = (), comment: str = "") -> str:
     """Return the nft script that replaces fleetguard's tables with ``fleet`` in one transaction."""
-    elements = set_elements(fleet, quarantined=quarantined)
+    with paused_gc():
+        elements = set_elements(fleet, quarantined=quarantined)
     parts = [f"table inet {TABLE}\ndelete table inet {TABLE}\n", f"table inet {TABLE} {{\n"]
     if comment:
         parts.append(f"\tcomment {json.dumps(comment[:120])}\n")

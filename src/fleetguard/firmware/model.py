@@ -26,6 +26,7 @@ __all__ = [
     "Finding",
     "Layer",
     "LayerStatus",
+    "ScanResult",
     "Severity",
     "UnextractedRegion",
 ]
@@ -195,3 +196,30 @@ class Analyzer(Protocol):
 
     def analyze(self, tree: ExtractedTree) -> Iterable[Finding]:
         """Return the findings about ``tree``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """One scan of one image: what extraction found, the findings, the components, the risk score.
+
+    ``vulnerabilities`` are (component index, vulnerability id) pairs in ``findings`` too; ``risk``
+    is 0..100 (``fleetguard.firmware.risk``). Reports (SBOM, SARIF, HTML, JSON) are made from this.
+    """
+
+    image_name: str
+    image_sha256: str
+    image_size: int
+    layers: tuple[Layer, ...]
+    unextracted: tuple[UnextractedRegion, ...]
+    file_count: int
+    findings: tuple[Finding, ...]
+    components: tuple[Component, ...]
+    risk: int
+    scanned_at: str  # RFC 3339 UTC
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def extracted_nothing(self) -> bool:
+        """True when no file came out: reported as unextracted (with entropy), never as clean."""
+        return self.file_count == 0

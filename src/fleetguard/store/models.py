@@ -458,3 +458,53 @@ class RulesetApplyRow(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
     actor: Mapped[str] = mapped_column(String(256))
     applied_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class FirmwareScanRow(Base):
+    """One scan of one firmware image: the summary columns and the whole result (JSON)."""
+
+    __tablename__ = "firmware_scans"
+    __table_args__ = (
+        Index("ix_firmware_scans_sha256", "image_sha256"),
+        Index("ix_firmware_scans_version", "firmware_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_name: Mapped[str] = mapped_column(String(256))
+    image_size: Mapped[int] = mapped_column(BigInteger)
+    firmware_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    device_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    risk: Mapped[int] = mapped_column(Integer)
+    max_severity: Mapped[str] = mapped_column(String(16))
+    findings: Mapped[int] = mapped_column(Integer)
+    known_exploited: Mapped[int] = mapped_column(Integer)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(256))
+    scanned_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class FirmwareWaiverRow(Base):
+    """An operator's waiver of one finding rule (optionally one path) for one image, for the gate."""
+
+    __tablename__ = "firmware_waivers"
+    __table_args__ = (Index("ix_firmware_waivers_sha256", "image_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class FirmwareSettingRow(Base):
+    """A firmware setting (the release gate's threshold)."""
+
+    __tablename__ = "firmware_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

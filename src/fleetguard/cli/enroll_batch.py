@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress as RichProgress
-from rich.progress import TaskID
 
 from fleetguard.cli.ca import PassphraseFile, signing_context, write_artifact
 from fleetguard.cli.context import cli_context, operator_actor
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG
-from fleetguard.cli.output import JsonFlag, format_time, print_json, print_notice, print_records, progress_bar
+from fleetguard.cli.output import (
+    JsonFlag,
+    StageProgress,
+    format_time,
+    print_json,
+    print_notice,
+    print_records,
+    progress_bar,
+)
 from fleetguard.enroll import (
     MAX_BATCH_DEVICES,
     MIN_PASSPHRASE_LENGTH,
@@ -175,7 +181,7 @@ def create_batch(
     ``observer`` sees the progress too (the benchmark times the stages with it).
     """
     with progress_bar() as bar:
-        report = _StageProgress(bar, observer)
+        report = StageProgress(bar, observer)
         if csrs is not None:
             inputs = read_csrs(csrs)
             return runtime.batches.create_from_csrs(
@@ -281,23 +287,6 @@ def verify(
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-class _StageProgress:
-    """Shows each stage of a batch as its own bar, and tells ``observer``."""
-
-    def __init__(self, bar: RichProgress, observer: Progress | None) -> None:
-        self._bar = bar
-        self._observer = observer
-        self._tasks: dict[str, TaskID] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        task = self._tasks.get(stage)
-        if task is None:
-            task = self._tasks[stage] = self._bar.add_task(stage, total=total)
-        self._bar.update(task, completed=done)
-        if self._observer is not None:
-            self._observer(stage, done, total)
 
 
 def _bundle_passphrase(path: Path | None) -> Passphrase:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated
 
 import typer
@@ -19,6 +19,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -27,6 +28,7 @@ from rich.text import Text
 
 __all__ = [
     "JsonFlag",
+    "StageProgress",
     "format_time",
     "print_fields",
     "print_json",
@@ -134,3 +136,20 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"
     return str(value)
+
+
+class StageProgress:
+    """Shows each stage of a long operation as its own bar, and tells ``observer`` (if any)."""
+
+    def __init__(self, bar: Progress, observer: Callable[[str, int, int], None] | None = None) -> None:
+        self._bar = bar
+        self._observer = observer
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        task = self._tasks.get(stage)
+        if task is None:
+            task = self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(task, completed=done)
+        if self._observer is not None:
+            self._observer(stage, done, total)

@@ -25,7 +25,7 @@ from fleetguard.firmware.elf import (
 )
 
 GCC = shutil.which("gcc")
-HOST_ARCH = {"x86_64": "x86-64", "aarch64": "aarch64", "i686": "x86"}.get(platform.machine(), platform.machine())
+HOST_ARCH = {"x86_64": "x86-64", "i686": "x86"}.get(platform.machine(), platform.machine())
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 
 # One strcpy into a stack array and one printf: a canary candidate and two fortifiable calls.

@@ -11,6 +11,7 @@ nothing more. Candidates examined per format are bounded.
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 __all__ = ["Carver", "Format", "Hit", "hit_at", "scan"]
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 _MAX_CANDIDATES = 200_000  # per format and buffer: a pathological blob cannot make carving quadratic
 
 

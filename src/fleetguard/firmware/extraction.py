@@ -162,8 +162,9 @@ class _Run:
             status = LayerStatus.PARTIAL if produced else LayerStatus.FAILED
             done = Done(hit.size or 1, status, str(exc) or type(exc).__name__)
         tool = getattr(extractor, "__name__", "extract").removeprefix("extract_")
+        size = min(done.size, len(data) - hit.offset)
         self.layers.append(
-            Layer(layer, hit.format.value, hit.offset, done.size, done.status, tool, parent, done.detail)
+            Layer(layer, hit.format.value, hit.offset, size, done.status, tool, parent, done.detail)
         )
         self.entries.extend(collect.entries)
         self._descend(layer, collect, prefix, depth)

@@ -845,7 +845,7 @@ def _ext_entries(src: Source, output: bytes, tree: _Tree) -> None:
             )
             continue
         m = _DEBUGFS_LS.match(line)
-        if m is None or m.group(5) in (b".", b".."):
+        if m is None or m.group(1) == b"0" or m.group(5) in (b"", b".", b".."):
             continue
         mode = int(m.group(2), 8)
         name = m.group(5).decode("utf-8", "surrogateescape")

@@ -178,7 +178,7 @@ def shannon_entropy(block: bytes | memoryview) -> float:
     return -sum(n / total * math.log2(n / total) for n in counts.values())
 
 
-def region_entropy(data: bytes | memoryview | mmap.mmap, offset: int, size: int) -> float:
+def region_entropy(data: bytes | bytearray | memoryview | mmap.mmap, offset: int, size: int) -> float:
     """Mean Shannon entropy of the 64 KiB blocks of ``data[offset:offset+size]``.
 
     At most 64 blocks, evenly spaced, are measured, so the cost is bounded for any region.

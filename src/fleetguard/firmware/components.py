@@ -280,7 +280,7 @@ _GLIBC_FILES = ("libc.so.6", "libc-*.so")
 _PATH_RULES: tuple[_PathRule, ...] = (
     _PathRule(
         "linux",
-        re.compile(r"^/lib/modules/(\d+\.\d+(?:\.\d+)?)[^/]*/"),
+        re.compile(r"^/lib/modules/(\d+\.\d+(?:\.\d+)?)[^/]*(?:/|$)"),
         _Strength.CONTEXT,
         "module directory",
     ),

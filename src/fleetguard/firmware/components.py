@@ -50,7 +50,7 @@ from fleetguard.firmware.model import Component, EntryKind, ExtractedTree, FileE
 __all__ = ["detect_components"]
 
 _SCAN_LIMIT = 64 * 1024 * 1024  # bytes searched per file: kernels and libcrypto are well under
-_MAX_HITS = 64  # anchor occurrences examined per file and signature (a string table repeats)
+_MAX_HITS = 256  # anchor occurrences examined per file and signature (a string table repeats)
 _MAX_LINK_HOPS = 8
 _MAX_PACKAGE_DB = 4 * 1024 * 1024
 _ELF_MAGIC = b"\x7fELF"
@@ -334,8 +334,8 @@ def detect_components(tree: ExtractedTree) -> list[Component]:
     Never raises for file content; unreadable files are skipped.
     """
     hits = list(_path_hits(tree.entries))
-    for entry, path in _files_with_links(tree):
-        hits.extend(_file_hits(entry.path, path))
+    for image_path, disk_path in _files_with_links(tree):
+        hits.extend(_file_hits(image_path, disk_path))
     return [_component(hit) for hit in _strongest(hits)]
 
 
@@ -359,12 +359,12 @@ def _named(lower: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(lower, pattern) for pattern in patterns)
 
 
-def _files_with_links(tree: ExtractedTree) -> Iterator[tuple[FileEntry, Path]]:
+def _files_with_links(tree: ExtractedTree) -> Iterator[tuple[str, Path]]:
     """Every regular file, and each symlink (as itself) whose target is a file on disk.
 
     A link matters when only its name says what the target is: ``ld-musl-armhf.so.1 -> libc.so``.
     """
-    yield from ((entry, entry.data) for entry in tree.files() if entry.data is not None)
+    yield from ((entry.path, entry.data) for entry in tree.files() if entry.data is not None)
     for entry in tree.entries:
         if entry.kind is EntryKind.SYMLINK:
             target = _follow(tree, entry)
@@ -373,7 +373,7 @@ def _files_with_links(tree: ExtractedTree) -> Iterator[tuple[FileEntry, Path]]:
                 and target.data is not None
                 and _is_candidate(posixpath.basename(entry.path))
             ):
-                yield FileEntry(entry.path, EntryKind.FILE, entry.mode, data=target.data), target.data
+                yield entry.path, target.data
 
 
 def _follow(tree: ExtractedTree, entry: FileEntry) -> FileEntry | None:

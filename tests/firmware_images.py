@@ -74,17 +74,20 @@ def build_tree(root: Path) -> Path:
 
 
 def build_squashfs(tree: Path, out: Path, comp: str = "gzip") -> Path:
-    """mksquashfs with root owners, the device and the 1000:100 owner as pseudo definitions."""
-    _run(
-        "mksquashfs", str(tree), str(out), "-comp", comp, "-noappend", "-all-root", "-quiet", "-no-progress",
-        "-p", "/dev/console c 600 0 0 5 1", "-p", "/etc/owned m 640 1000 100",
-    )  # fmt: skip
+    """mksquashfs with owners and modes as pseudo definitions (whoever runs it) and the device."""
+    pseudo: list[str] = []
+    for p in PLANTED:
+        if stat.S_ISCHR(p.mode):
+            pseudo += ["-p", f"{p.path} c {stat.S_IMODE(p.mode):o} {p.uid} {p.gid} {p.rdev[0]} {p.rdev[1]}"]
+        elif not stat.S_ISLNK(p.mode):
+            pseudo += ["-p", f"{p.path} m {stat.S_IMODE(p.mode):o} {p.uid} {p.gid}"]
+    argv = ["mksquashfs", str(tree), str(out), "-comp", comp, "-noappend", "-quiet", "-no-progress"]
+    _run(*argv, *pseudo)
     return out
 
 
-def _newc(
-    name: str, mode: int, data: bytes, uid: int = 0, gid: int = 0, rdev: tuple[int, int] = (0, 0)
-) -> bytes:
+def _newc(name: str, mode: int, data: bytes, p: Planted | None = None) -> bytes:
+    uid, gid, rdev = (p.uid, p.gid, p.rdev) if p else (0, 0, (0, 0))
     fields = [1, mode, uid, gid, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
     header = b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\x00"
     header += b"\x00" * (-len(header) % 4)
@@ -96,7 +99,7 @@ def cpio_bytes(members: list[Planted]) -> bytes:
     body = b""
     for p in members:
         data = (p.link or "").encode() if stat.S_ISLNK(p.mode) else (p.content or b"")
-        body += _newc(p.path, p.mode, data, p.uid, p.gid, p.rdev)
+        body += _newc(p.path, p.mode, data, p)
     body += _newc("TRAILER!!!", 0, b"")
     return body + b"\x00" * (-len(body) % 512)
 
@@ -179,10 +182,10 @@ def gzip_bomb(out: Path, gib: int = 1) -> Path:
 
 HOSTILE = [
     Planted("../../escaped-dotdot", stat.S_IFREG | 0o644, content=b"dotdot"),
-    Planted("/tmp/escaped-absolute", stat.S_IFREG | 0o644, content=b"absolute"),
+    Planted("/tmp/escaped-absolute", stat.S_IFREG | 0o644, content=b"absolute"),  # noqa: S108 - the attack
     Planted("link", stat.S_IFLNK | 0o777, link="../../.."),
     Planted("link/escaped-through-link", stat.S_IFREG | 0o644, content=b"through link"),
-    Planted("abslink", stat.S_IFLNK | 0o777, link="/tmp"),
+    Planted("abslink", stat.S_IFLNK | 0o777, link="/tmp"),  # noqa: S108 - the attack
     Planted("abslink/escaped-through-abslink", stat.S_IFREG | 0o644, content=b"through abs link"),
     Planted("good", stat.S_IFREG | 0o644, content=b"harmless"),
 ]

@@ -18,9 +18,9 @@ The order
 
        pre-release word  <  end  <  other word  <  number
 
-   Pre-release words are ``dev``, ``alpha``, ``beta``, ``pre``, ``preview`` and ``rc``: ``2.9-rc1``
-   sorts before ``2.9`` because ``rc`` meets the end marker. Any other word is a *post*-release
-   suffix: ``1.0.2`` < ``1.0.2a`` (OpenSSL) and ``7.4`` < ``7.4p1`` (OpenSSH). Words compare as
+   Pre-release words are, in this order, ``dev`` < ``alpha`` < ``beta`` < ``pre``/``preview`` <
+   ``rc``: ``2.9-rc1`` sorts before ``2.9`` because ``rc`` meets the end marker. Any other word is a
+   *post*-release suffix: ``1.0.2`` < ``1.0.2a`` (OpenSSL) and ``7.4`` < ``7.4p1`` (OpenSSH). Words compare as
    strings, which gives OpenSSL's ``z`` < ``za`` < ``zb``. A number beats a word at the same place
    (``1.0.2z`` < ``1.0.2.1``), as in RPM's rpmvercmp.
 
@@ -43,7 +43,8 @@ __all__ = ["MAX_VERSION_LENGTH", "Version", "VersionInvalid", "parse_version"]
 MAX_VERSION_LENGTH = 128
 """Longer version strings are refused: none of the schemes above needs more."""
 
-_PRE_RELEASE = frozenset({"dev", "alpha", "beta", "pre", "preview", "rc"})
+# Pre-release words in release order (PEP 440 puts dev before alpha; "pre" is used like "rc").
+_PRE_RELEASE = {"dev": 0, "alpha": 1, "beta": 2, "pre": 3, "preview": 3, "rc": 4}
 _TOKEN = re.compile(r"[0-9]+|[a-z]+")
 _CLASS_PRE, _CLASS_END, _CLASS_WORD, _CLASS_NUMBER = 0, 1, 2, 3
 
@@ -85,7 +86,7 @@ def _token(raw: str) -> _Token:
     if raw.isdigit():
         return (_CLASS_NUMBER, int(raw), "")
     if raw in _PRE_RELEASE:
-        return (_CLASS_PRE, 0, raw)
+        return (_CLASS_PRE, _PRE_RELEASE[raw], raw)
     return (_CLASS_WORD, 0, raw)
 
 

@@ -724,16 +724,25 @@ def _nvd_record(cve: dict[str, object], where: str) -> Vulnerability:
 
 
 def _nvd_cvss(metrics: dict[str, object], where: str) -> tuple[float | None, str | None]:
+    """The base score and CVSS v3 vector NVD gives: v3.1, else v3.0, else v2 (score only); Primary first."""
     for key in ("cvssMetricV31", "cvssMetricV30", "cvssMetricV2"):
-        entries = [_object(m, f"{where}.{key}") for m in _list(metrics.get(key), f"{where}.{key}")]
-        entries.sort(key=lambda m: m.get("type") != "Primary")
-        if entries:
-            data = _object(entries[0].get("cvssData"), f"{where}.{key}[0].cvssData")
-            score = data.get("baseScore")
-            if isinstance(score, bool) or not isinstance(score, int | float):
-                raise _fail(f"{where}.{key}[0].cvssData.baseScore", "expected a number")
-            vector = _text(data.get("vectorString"), f"{where}.{key}[0].cvssData.vectorString")
-            return float(score), (vector if key != "cvssMetricV2" else None)
+        entries = [_object(m, f"{where}.{key}[{i}]") for i, m in enumerate(_list(metrics.get(key), where))]
+        if not entries:
+            continue
+        chosen = next((i for i, m in enumerate(entries) if m.get("type") == "Primary"), 0)
+        here = f"{where}.{key}[{chosen}].cvssData"
+        data = _object(entries[chosen].get("cvssData"), here)
+        score = data.get("baseScore")
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise _fail(f"{here}.baseScore", "expected a number")
+        if key == "cvssMetricV2":
+            return float(score), None
+        vector = _text(data.get("vectorString"), f"{here}.vectorString")
+        try:
+            cvss3_base_score(vector)
+        except VulnDbInvalid as exc:
+            raise _fail(f"{here}.vectorString", exc.message) from exc
+        return float(score), vector
     return None, None
 
 

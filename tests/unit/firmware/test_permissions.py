@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from fleetguard.firmware.analyzers.permissions import PermissionAnalyzer, mode_findings
 from fleetguard.firmware.model import Category, EntryKind, ExtractedTree, FileEntry, Severity
 
-
 IMAGE_TMP = "/tmp"  # noqa: S108 - a path inside the image, not one this process uses
 
 

@@ -60,7 +60,7 @@ def run_analyzers(
     """
     if limit_findings < 1:
         raise ValueError("limit_findings must be at least 1")
-    everything = _all_findings(tree, analyzers)
+    everything = _Collected(tree, analyzers)
     kept = heapq.nsmallest(limit_findings + 1, everything.findings, key=finding_order)
     if len(kept) <= limit_findings:
         return kept
@@ -83,10 +83,6 @@ class _Collected:
             for finding in analyzer.analyze(self._tree):
                 self.by_rule[finding.rule] += 1
                 yield finding
-
-
-def _all_findings(tree: ExtractedTree, analyzers: Iterable[Analyzer]) -> _Collected:
-    return _Collected(tree, analyzers)
 
 
 def _truncated(dropped: Counter[str]) -> Finding:

@@ -220,11 +220,12 @@ def _zip(d: Buffer, s: int) -> Hit | None:
     return Hit(s, Format.ZIP, eocd + 22 + _u16le(d, eocd + 20) - s)
 
 
-def _find(d: Buffer, needle: bytes, start: int) -> int:
-    finder = getattr(d, "find", None)
-    if finder is not None:
-        return int(finder(needle, start))
-    return bytes(d).find(needle, start)
+def _find(d: Buffer, needle: bytes, start: int, end: int | None = None) -> int:
+    stop = len(d) if end is None else min(end, len(d))
+    if isinstance(d, memoryview):
+        found = bytes(d[start:stop]).find(needle)
+        return found + start if found >= 0 else -1
+    return d.find(needle, start, stop)
 
 
 def _sevenzip(d: Buffer, s: int) -> Hit | None:
@@ -385,40 +386,52 @@ _SIGNATURES: tuple[tuple[bytes, int, Validator], ...] = (
 
 
 class _Cursor:
-    """The next validated hit of one signature at or after a position."""
+    """The next validated hit of one signature in a window; remembers what it already examined."""
 
-    def __init__(self, data: Buffer, magic: bytes, delta: int, validate: Validator, end: int) -> None:
-        self._data, self._magic, self._delta, self._validate, self._end = data, magic, delta, validate, end
+    def __init__(self, data: Buffer, magic: bytes, delta: int, validate: Validator) -> None:
+        self._data, self._magic, self._delta, self._validate = data, magic, delta, validate
         self._examined = 0
         self._hit: Hit | None = None
-        self._exhausted_from: int | None = None
+        self._scan_from = 0
+        self._scanned_to = -1  # no valid hit starts in [_scan_from, _scanned_to)
 
-    def advance(self, pos: int) -> Hit | None:
+    def advance(self, pos: int, stop: int) -> Hit | None:
+        """The first valid hit starting in [pos, stop), or None."""
         if self._hit is not None and self._hit.offset >= pos:
-            return self._hit
-        if self._exhausted_from is not None and pos >= self._exhausted_from:
-            return None
+            return self._hit if self._hit.offset < stop else None
         self._hit = None
-        at = pos + self._delta
+        if self._scan_from <= pos <= self._scanned_to:
+            at = self._scanned_to
+        else:
+            self._scan_from = at = pos
         while self._examined < _MAX_CANDIDATES:
-            found = _find(self._data, self._magic, at)
-            if found < 0 or found - self._delta >= self._end:
-                break
+            found = _find(self._data, self._magic, at + self._delta, stop + self._delta + len(self._magic))
+            if found < 0:
+                self._scanned_to = max(at, stop)
+                return None
             self._examined += 1
-            self._hit = self._validate(self._data, found - self._delta)
-            if self._hit is not None:
-                return self._hit
-            at = found + 1
-        self._exhausted_from = pos
+            start = found - self._delta
+            hit = self._validate(self._data, start)
+            if hit is not None:
+                self._hit, self._scanned_to = hit, start
+                return hit
+            at = start + 1
+        self._scanned_to = 1 << 62
         return None
 
 
 class Carver:
-    """Yields hits of ``data`` in offset order; :meth:`skip_to` jumps past a consumed region."""
+    """Yields hits of ``data`` in offset order; :meth:`skip_to` jumps past a consumed region.
+
+    The buffer is searched in 1 MiB windows, so a region that will be skipped is not searched
+    beyond the window its container starts in.
+    """
+
+    _WINDOW = 1 << 20
 
     def __init__(self, data: Buffer, start: int = 0, end: int | None = None) -> None:
-        stop = len(data) if end is None else end
-        self._cursors = [_Cursor(data, m, delta, v, stop) for m, delta, v in _SIGNATURES]
+        self._stop = len(data) if end is None else min(end, len(data))
+        self._cursors = [_Cursor(data, m, delta, v) for m, delta, v in _SIGNATURES]
         self._pos = start
 
     def skip_to(self, pos: int) -> None:
@@ -426,10 +439,12 @@ class Carver:
         self._pos = max(self._pos, pos)
 
     def __iter__(self) -> Iterator[Hit]:
-        while True:
-            hits = [h for c in self._cursors if (h := c.advance(self._pos)) is not None]
+        while self._pos < self._stop:
+            stop = min(self._stop, self._pos + self._WINDOW)
+            hits = [h for c in self._cursors if (h := c.advance(self._pos, stop)) is not None]
             if not hits:
-                return
+                self._pos = stop
+                continue
             best = min(hits, key=lambda h: h.offset)
             self._pos = best.offset + 1
             yield best

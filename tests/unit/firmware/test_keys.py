@@ -338,6 +338,21 @@ def test_a_long_body_that_does_not_parse_is_info(tmp_path: Path) -> None:
     }
 
 
+GOST_PKCS8 = (  # a GOST R 34.10-2012 test key from GnuTLS: cryptography does not load it
+    b"-----BEGIN PRIVATE KEY-----\n"
+    b"MEgCAQAwHwYIKoUDBwEBAQEwEwYHKoUDAgIkAAYIKoUDBwEBAgIEIgQg0+JttJEV\n"
+    b"Ud+XBzX9q13ByKK+j2b+mEmNIo1yB0wGleo=\n"
+    b"-----END PRIVATE KEY-----\n"
+)
+
+
+def test_a_structurally_valid_key_of_an_unknown_algorithm_is_still_a_key(tmp_path: Path) -> None:
+    tree = tree_of(tmp_path, {"/usr/bin/tool": (b"\x7fELF\0" + GOST_PKCS8, 0o755)})
+    (finding,) = KeyAnalyzer(now=NOW).analyze(tree)
+    assert (finding.rule, finding.severity, finding.offset) == ("key.other-private", Severity.HIGH, 5)
+    assert "1.2.643.7.1.1.1.1" in finding.evidence
+
+
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         KeyAnalyzer(now=datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test

@@ -26,13 +26,11 @@ TEXT_LIMIT = 1 << 20  # configuration files are small; a 1 MiB "passwd" is not o
 _TEXT_PROBE = 8192
 
 # Files whose format cannot hold a plaintext secret, or that are compressed: not read.
-MEDIA_SUFFIXES = frozenset(
-    {
-        ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".svg",
-        ".mp3", ".mp4", ".wav", ".ogg", ".aac", ".avi", ".mkv", ".mov",
-        ".ttf", ".otf", ".woff", ".woff2", ".eot",
-        ".gz", ".xz", ".bz2", ".lzma", ".zst", ".lz4", ".zip", ".7z",
-    }
+MEDIA_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".svg",
+    ".mp3", ".mp4", ".wav", ".ogg", ".aac", ".avi", ".mkv", ".mov",
+    ".ttf", ".otf", ".woff", ".woff2", ".eot",
+    ".gz", ".xz", ".bz2", ".lzma", ".zst", ".lz4", ".zip", ".7z",
 )  # fmt: skip
 
 

@@ -148,7 +148,7 @@ class CredentialAnalyzer:
     def analyze(self, tree: ExtractedTree) -> Iterator[Finding]:
         """Yield the credential findings of every regular file of ``tree``."""
         for entry in tree.files():
-            if entry.path.lower().endswith(tuple(MEDIA_SUFFIXES)):
+            if entry.path.lower().endswith(MEDIA_SUFFIXES):
                 continue
             data = read_head(entry, self._max_bytes)
             if data:

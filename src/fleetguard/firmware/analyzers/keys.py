@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from asn1crypto import keys as asn1_keys  # type: ignore[import-untyped]
+from asn1crypto import core as asn1_core  # type: ignore[import-untyped]
+from asn1crypto import keys as asn1_keys
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -100,7 +101,7 @@ class KeyAnalyzer:
         """Yield the key and certificate findings of every regular file of ``tree``."""
         now = self._now or datetime.now(UTC)
         for entry in tree.files():
-            if entry.path.lower().endswith(tuple(MEDIA_SUFFIXES)):
+            if entry.path.lower().endswith(MEDIA_SUFFIXES):
                 continue
             data = _read_head(entry, self._max_bytes)
             if data:
@@ -205,9 +206,52 @@ def _parse_pem_key(label: bytes, headers: bytes, compact: bytes, pem: bytes, off
     try:
         private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        return None
+        return _structural_key(label, der, offset)
     container = "PKCS#8 PEM" if label == b"PRIVATE KEY" else "PEM"
     return _from_private(private, container, offset)
+
+
+class _AlgorithmIdentifier(asn1_core.Sequence):  # type: ignore[misc]
+    """RFC 5280 4.1.1.2, with parameters of any type (asn1crypto's own refuses unknown OIDs)."""
+
+    _fields = [("algorithm", asn1_core.ObjectIdentifier), ("parameters", asn1_core.Any, {"optional": True})]  # noqa: RUF012
+
+
+class _OpaquePrivateKeyInfo(asn1_core.Sequence):  # type: ignore[misc]
+    """RFC 5958 section 2 OneAsymmetricKey, the private key left as an OCTET STRING."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declaration
+        ("version", asn1_core.Integer),
+        ("private_key_algorithm", _AlgorithmIdentifier),
+        ("private_key", asn1_core.OctetString),
+        ("attributes", asn1_core.Any, {"implicit": 0, "optional": True}),
+        ("public_key", asn1_core.Any, {"implicit": 1, "optional": True}),
+    ]
+
+
+def _structural_key(label: bytes, der: bytes, offset: int) -> _Key | None:
+    """A key ``cryptography`` will not load (GOST, an EC scalar with a stray leading zero, ...).
+
+    Reported when its ASN.1 structure is valid (RFC 5958 PrivateKeyInfo, RFC 5915 ECPrivateKey);
+    there is no public key to fingerprint.
+    """
+    try:
+        if label == b"PRIVATE KEY":
+            info = _OpaquePrivateKeyInfo.load(der, strict=True)
+            algorithm = str(info["private_key_algorithm"]["algorithm"].native)
+            valid = bool(info["private_key"].contents)
+            return (
+                _Key("other", None, f"PKCS#8 PEM, algorithm {algorithm}", False, None, None, offset)
+                if valid
+                else None
+            )
+        if label == b"EC PRIVATE KEY":
+            ec_key = asn1_keys.ECPrivateKey.load(der, strict=True)
+            valid = ec_key["private_key"].native > 0
+            return _Key("ec", None, "SEC1 PEM (structure only)", False, None, None, offset) if valid else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return None
 
 
 def _legacy_encrypted(label: bytes, headers: bytes, der: bytes, offset: int) -> _Key | None:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Bounds on input; each protects a server from one request or one file.
     max_request_bytes: int = Field(default=1 * _MIB, ge=1024)
     max_import_bytes: int = Field(default=256 * _MIB, ge=1024)
+    # A firmware image uploaded to POST /v1/firmware/scans (streamed to a private file).
+    max_firmware_bytes: int = Field(default=512 * _MIB, ge=1024)
     max_import_rows: int = Field(default=2_000_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     checkpoint_interval_s: float = Field(default=60.0, gt=0)

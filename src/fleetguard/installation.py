@@ -28,6 +28,7 @@ from fleetguard.events.checkpoint import CheckpointSigner, generate_signing_key,
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
+from fleetguard.firmware.service import FirmwareService
 from fleetguard.inventory.service import Inventory
 from fleetguard.pki.publication import RevocationPublisher
 from fleetguard.pki.service import CertificateRecord, CertificateService
@@ -147,6 +148,10 @@ class Runtime:
         self.trust = TrustService(
             self.database, self.log, self.inventory, self.pki, clock=utc_now, on_commit=self.relay.notify
         )
+        self.firmware = FirmwareService(
+            self.database, self.log, self.inventory, data_dir=settings.data_dir, clock=utc_now,
+            on_commit=self.relay.notify,
+        )  # fmt: skip
         self.segment = SegmentationService(
             self.database, self.log, self.inventory, nft=_nftables(settings), resolver=_resolver(settings),
             clock=utc_now, on_commit=self.relay.notify,

@@ -32,6 +32,7 @@ from fleetguard.api.routers import (
     devices,
     enroll,
     events,
+    firmware,
     health,
     inventory,
     pki,
@@ -50,7 +51,8 @@ __all__ = ["api_routes", "create_app", "create_app_from_env"]
 
 _DESCRIPTION = """\
 The fleetguard control plane: device inventory and lifecycle, PKI and enrollment, the zero-trust
-policy decision point (Cedar policies, decisions, trust signals), and the tamper-evident event log.
+policy decision point (Cedar policies, decisions, trust signals), network segmentation (MUD →
+nftables), firmware analysis and the release gate, and the tamper-evident event log.
 
 Every route except `/healthz`, `/readyz`, `/metrics` and the relying parties' `/pki/...` (CA
 certificates, CRLs and OCSP: signed public data) needs an API token (`Authorization: Bearer fgt_...`)
@@ -71,6 +73,7 @@ _ROUTERS = (
     tokens.router,
     trust.router,
     segment.router,
+    firmware.router,
 )
 
 
@@ -125,6 +128,7 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = False) -> FastAPI:
             # A MUD file is bounded by its own size (MAX_MUD_BYTES); a simulation carries many flows.
             segment.PROFILES_PATH: MAX_PROFILE_BODY,
             segment.SIMULATE_PATH: MAX_SIMULATE_BODY,
+            firmware.SCANS_PATH: settings.max_firmware_bytes,
         },
     )
     app.add_middleware(UnhandledErrorGuard)

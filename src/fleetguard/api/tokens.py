@@ -70,6 +70,8 @@ class Permission(enum.StrEnum):
     SIGNALS_WRITE = "signals:write"
     SEGMENT_READ = "segment:read"
     SEGMENT_WRITE = "segment:write"
+    FIRMWARE_READ = "firmware:read"
+    FIRMWARE_WRITE = "firmware:write"
 
 
 _OPERATOR = frozenset(
@@ -89,6 +91,8 @@ _OPERATOR = frozenset(
         Permission.SIGNALS_WRITE,
         Permission.SEGMENT_READ,
         Permission.SEGMENT_WRITE,
+        Permission.FIRMWARE_READ,
+        Permission.FIRMWARE_WRITE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -104,6 +108,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.ENROLL_READ,
             Permission.POLICY_READ,
             Permission.SEGMENT_READ,
+            Permission.FIRMWARE_READ,
         }
     ),
     Role.READ_ONLY: frozenset(
@@ -113,6 +118,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.ENROLL_READ,
             Permission.POLICY_READ,
             Permission.SEGMENT_READ,
+            Permission.FIRMWARE_READ,
         }
     ),
 }

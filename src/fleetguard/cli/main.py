@@ -5,7 +5,19 @@ from typing import Annotated
 
 import typer
 
-from fleetguard.cli import ca, certs, device_types, devices, enroll, events, policy, segment, sites, tokens
+from fleetguard.cli import (
+    ca,
+    certs,
+    device_types,
+    devices,
+    enroll,
+    events,
+    firmware,
+    policy,
+    segment,
+    sites,
+    tokens,
+)
 from fleetguard.cli.context import CliContext, load_settings
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG, ReportingGroup
 from fleetguard.cli.init import init_command
@@ -38,6 +50,7 @@ app.add_typer(certs.app)
 app.add_typer(enroll.app)
 app.add_typer(policy.app)
 app.add_typer(segment.app)
+app.add_typer(firmware.app)
 
 DataDir = Annotated[
     Path,

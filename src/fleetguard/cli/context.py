@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
 
 from fleetguard.config import Settings
 from fleetguard.errors import InvalidInput
-from fleetguard.installation import Runtime
+
+if TYPE_CHECKING:
+    from fleetguard.installation import Runtime
 
 __all__ = ["CliContext", "cli_context", "load_settings", "operator_actor"]
 
@@ -33,6 +36,8 @@ class CliContext:
             NotInitialized: the data directory holds no installation.
             StoreUnavailable: the database cannot be opened or migrated.
         """
+        from fleetguard.installation import Runtime
+
         runtime = Runtime(self.settings)
         try:
             yield runtime

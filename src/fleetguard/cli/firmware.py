@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,13 +22,11 @@ from fleetguard.cli.output import (
 )
 from fleetguard.errors import InvalidInput
 from fleetguard.firmware.model import Category, ScanResult, Severity
-from fleetguard.firmware.report_html import render_html
-from fleetguard.firmware.report_json import to_json
-from fleetguard.firmware.sarif import sarif
-from fleetguard.firmware.sbom import cyclonedx
-from fleetguard.firmware.service import GateDecision, StoredScan
 from fleetguard.private_file import replace_private_file
 from fleetguard.types import parse_utc
+
+if TYPE_CHECKING:
+    from fleetguard.firmware.service import GateDecision, StoredScan
 
 __all__ = ["app"]
 
@@ -92,6 +90,8 @@ def scan(  # noqa: PLR0917 - one parameter per option; typer passes them by keyw
         )
     _write_reports(stored.result, sbom=sbom, sarif_file=sarif_file, html=html)
     if as_json:
+        from fleetguard.firmware.report_json import to_json
+
         print_json({"id": stored.id, **to_json(stored.result)})
         return
     _summary(stored)
@@ -140,6 +140,11 @@ def show(
     ] = "summary",
 ) -> None:
     """Print a stored scan: a summary, or one of its reports on stdout."""
+    from fleetguard.firmware.report_html import render_html
+    from fleetguard.firmware.report_json import to_json
+    from fleetguard.firmware.sarif import sarif
+    from fleetguard.firmware.sbom import cyclonedx
+
     with cli_context(ctx).runtime() as runtime:
         stored = runtime.firmware.get_scan(scan_id)
     match output_format:
@@ -292,6 +297,10 @@ def vulndb_info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def _write_reports(
     result: ScanResult, *, sbom: Path | None, sarif_file: Path | None, html: Path | None
 ) -> None:
+    from fleetguard.firmware.report_html import render_html
+    from fleetguard.firmware.sarif import sarif
+    from fleetguard.firmware.sbom import cyclonedx
+
     if sbom is not None:
         replace_private_file(sbom, json.dumps(cyclonedx(result), indent=2).encode())
     if sarif_file is not None:

@@ -10,8 +10,11 @@ clean; (7) score. No network is used at any stage.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
+import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +28,7 @@ from fleetguard.firmware.extraction import Limits, extract_image
 from fleetguard.firmware.model import (
     Analyzer,
     Category,
+    Component,
     ExtractedTree,
     Finding,
     LayerStatus,
@@ -37,6 +41,7 @@ from fleetguard.firmware.vulndb import VulnDb
 __all__ = ["ScanOptions", "scan_image"]
 
 _HASH_CHUNK = 1024 * 1024
+_TWO = 2
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,6 +55,10 @@ class ScanOptions:
     now: dt.datetime | None = None
     limits: Limits = field(default_factory=Limits)
     analyzers: Sequence[Analyzer] | None = None
+    # Component detection and ELF hardening run in a second process (a fresh interpreter, so safe
+    # beside the API's threads) while the other analyzers run here, when the tree holds more than
+    # ``parallel_bytes`` and the machine has a second core.
+    parallel_bytes: int = 32 * 1024 * 1024
 
 
 def scan_image(
@@ -70,10 +79,7 @@ def scan_image(
         )
         report("analyze", 0, len(tree.entries))
         analyzers = list(options.analyzers if options.analyzers is not None else ANALYZERS)
-        analyzers.append(HardeningAnalyzer())
-        findings = list(run_analyzers(tree, analyzers))
-        report("components", 0, len(tree.entries))
-        components = detect_components(tree)
+        findings, components = _analyze(tree, analyzers, options)
     vulndb = options.vulndb or VulnDb.load_default()
     findings.extend(vulndb.match(components))
     findings.extend(_extraction_findings(tree))
@@ -93,6 +99,25 @@ def scan_image(
         seconds=time.perf_counter() - started,
         notes=tree.notes,
     )
+
+
+def _analyze(
+    tree: ExtractedTree, analyzers: Sequence[Analyzer], options: ScanOptions
+) -> tuple[list[Finding], list[Component]]:
+    extracted = sum(entry.size for entry in tree.files())
+    if extracted <= options.parallel_bytes or (os.cpu_count() or 1) < _TWO:
+        findings, components = _components_and_hardening(tree)
+        return [*run_analyzers(tree, analyzers), *findings], components
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        other = pool.submit(_components_and_hardening, tree)
+        findings = list(run_analyzers(tree, analyzers))
+        hardening, components = other.result()
+    return [*findings, *hardening], components
+
+
+def _components_and_hardening(tree: ExtractedTree) -> tuple[list[Finding], list[Component]]:
+    return list(run_analyzers(tree, (HardeningAnalyzer(),))), detect_components(tree)
 
 
 def _extraction_findings(tree: ExtractedTree) -> list[Finding]:

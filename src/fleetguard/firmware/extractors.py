@@ -289,10 +289,12 @@ def extract_squashfs(src: Source) -> Done:
 
 def _squashfs_tool(src: Source) -> Done:
     offset = str(src.hit.offset)
-    listing = _run(["unsquashfs", "-lln", "-o", offset, str(src.path)], src.scratch, src.timeout)
-    listed = _parse_unsquashfs_listing(listing.stdout)
-    if not listed and listing.returncode != 0:
-        raise ImageInvalid(f"unsquashfs cannot list it: {_tail(listing.stderr + listing.stdout)}")
+    listed = _native_listing(src)
+    if listed is None:
+        listing = _run(["unsquashfs", "-lln", "-o", offset, str(src.path)], src.scratch, src.timeout)
+        listed = _parse_unsquashfs_listing(listing.stdout)
+        if not listed and listing.returncode != 0:
+            raise ImageInvalid(f"unsquashfs cannot list it: {_tail(listing.stderr + listing.stdout)}")
     budget = src.out.budget
     regular = [e for e in listed if stat.S_ISREG(e.mode) and e.size <= budget.max_file_bytes]
     over = sum(e.size for e in regular) > budget.bytes_left or len(regular) > budget.files_left
@@ -316,6 +318,35 @@ def _squashfs_tool(src: Source) -> Done:
     if result.returncode != 0:
         return Done(size, LayerStatus.PARTIAL, f"unsquashfs: {_tail(result.stderr + result.stdout)}")
     return Done(size)
+
+
+_TYPE_BITS = {
+    EntryKind.FILE: stat.S_IFREG, EntryKind.HARDLINK: stat.S_IFREG, EntryKind.DIRECTORY: stat.S_IFDIR,
+    EntryKind.SYMLINK: stat.S_IFLNK, EntryKind.DEVICE: stat.S_IFCHR, EntryKind.FIFO: stat.S_IFIFO,
+    EntryKind.SOCKET: stat.S_IFSOCK,
+}  # fmt: skip
+
+
+def _native_listing(src: Source) -> list[_Listed] | None:
+    """The filesystem's metadata from the native reader (names are exact, newlines included:
+    ``unsquashfs -lln`` prints one entry a line, so a name with a newline would split into a
+    phantom entry and hide the real file); None when the reader cannot read this image."""
+    try:
+        from fleetguard.firmware.squashfs_native import read_squashfs
+    except ImportError:
+        return None
+    try:
+        image = read_squashfs(
+            memoryview(src.data), offset=src.hit.offset, max_files=src.out.budget.files_left
+        )
+        return [
+            _Listed(meta.path.lstrip("/"), _TYPE_BITS[meta.kind] | meta.mode, meta.uid, meta.gid, meta.size,
+                    meta.link_target)
+            for meta, _ in image.entries()
+            if meta.path != "/"
+        ]  # fmt: skip
+    except (ImageInvalid, ExtractionLimit):
+        return None
 
 
 def _squashfs_native(src: Source) -> Done:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from fleetguard.errors import InvalidInput
 from fleetguard.events.entry import NewEvent
@@ -228,48 +228,36 @@ class FirmwareService:
     # -- fleet --------------------------------------------------------------------------------------
 
     def exposed_devices(self, *, known_exploited_only: bool = True) -> list[Exposure]:
-        """Devices whose firmware version's latest scan has (known-exploited) vulnerabilities."""
-        latest = self._latest_by_version()
+        """Devices whose firmware's latest applicable scan has (known-exploited) vulnerabilities.
+
+        A scan applies to the devices of its firmware version, and of its device type when it names
+        one; each device is judged by the newest scan that applies to it, and listed once.
+        """
         out: list[Exposure] = []
-        for (version, device_type), stored in sorted(
-            latest.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
-        ):
-            vulns = [f for f in stored.result.findings if f.category is Category.VULNERABILITY]
-            kev = _known_exploited(vulns)
-            if not kev and (known_exploited_only or not vulns):
-                continue
-            criteria = DeviceFilter(firmware_version=version, device_type=device_type)
-            rules = tuple(sorted({f.rule for f in vulns}))
-            out.extend(
-                Exposure(device, stored.id, rules, tuple(sorted(kev)))
-                for device in self._inventory.iterate(criteria)
-            )
+        for version, scans in sorted(self._scans_by_version().items()):
+            for device in self._inventory.iterate(DeviceFilter(firmware_version=version)):
+                stored = next((s for s in scans if s.device_type in (None, device.device_type)), None)
+                if stored is None:
+                    continue
+                vulns = [f for f in stored.result.findings if f.category is Category.VULNERABILITY]
+                kev = _known_exploited(vulns)
+                if kev or (vulns and not known_exploited_only):
+                    rules = tuple(sorted({f.rule for f in vulns}))
+                    out.append(Exposure(device, stored.id, rules, tuple(kev)))
         return out
 
-    def _latest_by_version(self) -> dict[tuple[str, str | None], StoredScan]:
+    def _scans_by_version(self) -> dict[str, list[StoredScan]]:
+        """Every scan that names a firmware version, newest first, by version."""
         with self._db.reading() as session:
-            newest = (
-                select(
-                    FirmwareScanRow.firmware_version,
-                    FirmwareScanRow.device_type,
-                    func.max(FirmwareScanRow.scanned_at).label("at"),
-                )
-                .where(FirmwareScanRow.firmware_version.is_not(None))
-                .group_by(FirmwareScanRow.firmware_version, FirmwareScanRow.device_type)
-                .subquery()
-            )
             rows = session.scalars(
-                select(FirmwareScanRow).join(
-                    newest,
-                    (FirmwareScanRow.firmware_version == newest.c.firmware_version)
-                    & FirmwareScanRow.device_type.is_not_distinct_from(newest.c.device_type)
-                    & (FirmwareScanRow.scanned_at == newest.c.at),
-                )
+                select(FirmwareScanRow)
+                .where(FirmwareScanRow.firmware_version.is_not(None))
+                .order_by(FirmwareScanRow.scanned_at.desc(), FirmwareScanRow.id)
             ).all()
-            out: dict[tuple[str, str | None], StoredScan] = {}
+            out: dict[str, list[StoredScan]] = {}
             for row in rows:
-                if row.firmware_version is not None:
-                    out[(row.firmware_version, row.device_type)] = _stored(row)
+                assert row.firmware_version is not None
+                out.setdefault(row.firmware_version, []).append(_stored(row))
             return out
 
     # -- release gate -------------------------------------------------------------------------------
@@ -383,7 +371,9 @@ class FirmwareService:
             )
         else:
             waivers = self.waivers(image_sha256)
-            over = [f for f in stored.result.findings if f.severity.rank >= threshold.rank]
+            # What could not be examined (a layer partial, failed or encrypted: a bomb in front of the
+            # root filesystem, an encrypted payload beside a decoy) blocks whatever the threshold.
+            over = [f for f in stored.result.findings if f.severity.rank >= threshold.rank or _unexamined(f)]
             waived = tuple(f for f in over if any(w.covers(f, now) for w in waivers))
             blocking = tuple(f for f in over if f not in waived)
             reason = (
@@ -434,6 +424,10 @@ def _stored(row: FirmwareScanRow) -> StoredScan:
     return StoredScan(
         row.id, from_json(row.result), row.firmware_version, row.device_type, row.actor, row.scanned_at
     )
+
+
+def _unexamined(finding: Finding) -> bool:
+    return finding.category is Category.EXTRACTION and finding.severity is not Severity.INFO
 
 
 def _known_exploited(findings: Sequence[Finding]) -> list[str]:

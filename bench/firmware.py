@@ -99,7 +99,7 @@ def _unblob(unblob: str, image: Path, work: Path, *, shim: bool) -> tuple[float,
         sasquatch.chmod(0o755)
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
     start = time.perf_counter()
-    subprocess.run([unblob, "-e", str(out), str(image)], env=env, capture_output=True, check=False)
+    subprocess.run([unblob, "-e", str(out), str(image)], env=env, capture_output=True, check=False, cwd=work)
     took = time.perf_counter() - start
     files = sum(1 for p in out.rglob("*") if p.is_file() and not p.is_symlink()) if out.exists() else 0
     return took, files

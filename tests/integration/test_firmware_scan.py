@@ -172,3 +172,17 @@ def test_the_cli_scans_links_exposed_devices_and_gates_the_release(
     assert "firmware.gate_blocked" in actions
     assert actions[-1] == "firmware.gate_passed"
     assert actions.count("firmware.waived") == len({(f.rule, f.path) for f in blocking})
+
+
+SHARED_FIRMWARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "firmware"
+
+
+def test_every_shared_firmware_sample_scans_without_error(tmp_path: Path) -> None:
+    samples = sorted(p for p in SHARED_FIRMWARE.glob("*/*") if p.is_file())
+    if not samples:
+        pytest.skip(f"{SHARED_FIRMWARE} is absent (the shared firmware samples)")
+    for sample in samples:
+        result = scan_image(sample, ScanOptions(work_root=tmp_path), name=sample.name)
+        assert result.image_size == sample.stat().st_size
+        assert result.layers or result.extracted_nothing, sample.name
+        assert list(tmp_path.iterdir()) == [], f"{sample.name}: the work directory was not removed"

@@ -236,3 +236,21 @@ def _build_hostile(root: Path, images: dict[str, Path]) -> None:
     images["truncated-squashfs"] = root / "truncated.sqfs"
     (root / "random.bin").write_bytes(random.Random(42).randbytes(256 * 1024))  # noqa: S311 - test data
     images["random"] = root / "random.bin"
+
+
+def elf_with(text: bytes, seed: int) -> bytes:
+    """An ELF magic, noise and a NUL-terminated string, as in a binary's string table."""
+    noise = random.Random(seed)  # noqa: S311 - test filler
+    return b"\x7fELF" + noise.randbytes(64) + b"\x00" + text + b"\x00" + noise.randbytes(64)
+
+
+def small_squashfs(out: Path, files: dict[str, bytes]) -> Path:
+    """A squashfs of ``{"/etc/shadow": content, ...}``, every file owned by root."""
+    tree = out.with_suffix(".tree")
+    for path, content in files.items():
+        target = tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    argv = ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress", "-all-root"]
+    subprocess.run(argv, check=True, capture_output=True)
+    return out

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import random
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from firmware_images import elf_with, small_squashfs
 from fleetguard.api.tokens import Role
 
 if TYPE_CHECKING:
@@ -37,20 +37,8 @@ GATE_HIGH = {
 }
 
 
-def elf_with(text: bytes, seed: int) -> bytes:
-    noise = random.Random(seed)  # noqa: S311 - test filler
-    return b"\x7fELF" + noise.randbytes(64) + b"\x00" + text + b"\x00" + noise.randbytes(64)
-
-
 def squashfs(out: Path, files: dict[str, bytes]) -> bytes:
-    tree = out.with_suffix(".tree")
-    for path, content in files.items():
-        target = tree / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    argv = ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress", "-all-root"]
-    subprocess.run(argv, check=True, capture_output=True)
-    return out.read_bytes()
+    return small_squashfs(out, files).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ import json
 import random
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import Result
+
+from firmware_images import elf_with, small_squashfs
 
 from .conftest import Cli, one_line
 
@@ -35,29 +36,13 @@ GATE_HIGH = {
 }
 
 
-def elf_with(text: bytes, seed: int) -> bytes:
-    noise = random.Random(seed)  # noqa: S311 - test filler
-    return b"\x7fELF" + noise.randbytes(64) + b"\x00" + text + b"\x00" + noise.randbytes(64)
-
-
-def squashfs(out: Path, files: dict[str, bytes]) -> Path:
-    tree = out.with_suffix(".tree")
-    for path, content in files.items():
-        target = tree / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    argv = ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress", "-all-root"]
-    subprocess.run(argv, check=True, capture_output=True)
-    return out
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("fw-cli")
     encrypted = base / "encrypted.bin"
     encrypted.write_bytes(random.Random(3).randbytes(32 * 1024))  # noqa: S311 - test data
     return {
-        "gate": squashfs(
+        "gate": small_squashfs(
             base / "gate.sqfs",
             {
                 "/etc/shadow": ROOT_DEFAULT,
@@ -65,10 +50,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "/etc/init.d/rcS": b"#!/bin/sh\n/usr/sbin/telnetd -l /bin/login &\n",
             },
         ),
-        "kev": squashfs(
+        "kev": small_squashfs(
             base / "kev.sqfs", {"/usr/lib/libcrypto.so.1.0.0": elf_with(b"OpenSSL 1.0.1f 6 Jan 2014", 1)}
         ),
-        "made_up": squashfs(
+        "made_up": small_squashfs(
             base / "made-up.sqfs",
             {"/bin/busybox": elf_with(b"BusyBox v9.8.7 (2099-01-01 00:00:00 UTC) multi-call binary.", 4)},
         ),

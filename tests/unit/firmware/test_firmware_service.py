@@ -13,13 +13,13 @@ import datetime as dt
 import json
 import random
 import shutil
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from firmware_images import elf_with, small_squashfs
 from fleetguard.errors import InvalidInput
 from fleetguard.events.log import EventLog
 from fleetguard.firmware.errors import ReleaseBlocked, ScanNotFound, VulnDbInvalid
@@ -48,23 +48,6 @@ class Clock:
         return self.now
 
 
-def elf_with(text: bytes, seed: int) -> bytes:
-    """An ELF magic, noise and a NUL-terminated string, as in a binary's string table."""
-    noise = random.Random(seed)  # noqa: S311 - test filler
-    return b"\x7fELF" + noise.randbytes(64) + b"\x00" + text + b"\x00" + noise.randbytes(64)
-
-
-def squashfs(out: Path, files: dict[str, bytes]) -> Path:
-    tree = out.with_suffix(".tree")
-    for path, content in files.items():
-        target = tree / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    argv = ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress", "-all-root"]
-    subprocess.run(argv, check=True, capture_output=True)
-    return out
-
-
 @dataclass(frozen=True)
 class Images:
     kev: Path
@@ -81,15 +64,15 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     encrypted = base / "encrypted.bin"
     encrypted.write_bytes(random.Random(3).randbytes(64 * 1024))  # noqa: S311 - test data
     return Images(
-        kev=squashfs(
+        kev=small_squashfs(
             base / "kev.sqfs", {"/usr/lib/libcrypto.so.1.0.0": elf_with(b"OpenSSL 1.0.1f 6 Jan 2014", 1)}
         ),
-        nonkev=squashfs(
+        nonkev=small_squashfs(
             base / "nonkev.sqfs",
             {"/bin/busybox": elf_with(b"BusyBox v1.24.1 (2016-01-01 00:00:00 UTC) multi-call binary.", 2)},
         ),
-        clean=squashfs(base / "clean.sqfs", {"/etc/hostname": b"cam\n"}),
-        gate=squashfs(
+        clean=small_squashfs(base / "clean.sqfs", {"/etc/hostname": b"cam\n"}),
+        gate=small_squashfs(
             base / "gate.sqfs",
             {
                 "/etc/shadow": ROOT_DEFAULT.encode(),
@@ -98,7 +81,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
                 "/etc/init.d/rcS": b"#!/bin/sh\n/usr/sbin/telnetd -l /bin/login &\n",
             },
         ),
-        made_up=squashfs(
+        made_up=small_squashfs(
             base / "made-up.sqfs",
             {"/bin/busybox": elf_with(b"BusyBox v9.8.7 (2099-01-01 00:00:00 UTC) multi-call binary.", 4)},
         ),

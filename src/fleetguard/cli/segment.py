@@ -72,7 +72,7 @@ context_app = typer.Typer(
     name="context",
     help=(
         "Show or replace the MUD context: the local networks and controllers that the abstract peers of "
-        "MUD files (local-networks, controller, my-controller; RFC 8520 section 8) resolve to."
+        "MUD files (local-networks, controller, my-controller; RFC 8520 section 4) resolve to."
     ),
     epilog=EXIT_STATUS_EPILOG,
     no_args_is_help=True,
@@ -112,7 +112,6 @@ _SUFFIX_FORMATS = {
     ".ndjson": FlowFormat.JSONL,
 }
 
-_InputFile = typer.Argument(exists=True, dir_okay=False, readable=True, show_default=False)
 MudFile = Annotated[
     Path,
     typer.Argument(

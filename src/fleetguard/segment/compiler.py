@@ -616,10 +616,6 @@ def _family(network: IpNetwork) -> Family:
     return Family.IPV4 if network.version == 4 else Family.IPV6
 
 
-def _network_key(network: IpNetwork) -> tuple[int, int, int]:
-    return (network.version, int(network.network_address), network.prefixlen)
-
-
 def _intersect(left: Sequence[IpNetwork], right: Sequence[IpNetwork]) -> list[IpNetwork]:
     # Two prefixes overlap only when one contains the other; the overlap is the longer one.
     out: list[IpNetwork] = []

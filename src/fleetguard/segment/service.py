@@ -15,6 +15,7 @@ only with a detached CMS signature by a trusted signer: a refused profile change
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import json
@@ -606,7 +607,14 @@ class SegmentationService:
 
 
 def _stored(row: MudProfileRow) -> StoredProfile:
-    return StoredProfile(parse_mud(row.document), row.source, row.signer, row.actor, row.added_at)
+    return StoredProfile(_parsed(row.document), row.source, row.signer, row.actor, row.added_at)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(document: bytes) -> MudProfile:
+    # Every compile (each apply, each DNS refresh in `up`) reads the stored profiles; a document's
+    # parse depends on its bytes alone, so it is parsed once.
+    return parse_mud(document)
 
 
 def _require_free(session: Session, binding: Binding) -> None:

@@ -508,3 +508,99 @@ class FirmwareSettingRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class OtaReleaseRow(Base):
+    """A firmware release in the image repository: one image for one hardware id."""
+
+    __tablename__ = "ota_releases"
+    __table_args__ = (
+        UniqueConstraint("hardware_id", "release", name="uq_ota_releases_name"),
+        UniqueConstraint("hardware_id", "release_counter", name="uq_ota_releases_counter"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(128))
+    release: Mapped[str] = mapped_column(String(128))
+    release_counter: Mapped[int] = mapped_column(BigInteger)
+    target_path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    scan_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    published_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class OtaDeltaRow(Base):
+    """A binary delta between two releases of one hardware id, published as a target."""
+
+    __tablename__ = "ota_deltas"
+    __table_args__ = (UniqueConstraint("hardware_id", "from_sha256", "to_sha256", name="uq_ota_deltas"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(128))
+    from_sha256: Mapped[str] = mapped_column(String(64))
+    to_sha256: Mapped[str] = mapped_column(String(64))
+    target_path: Mapped[str] = mapped_column(String(512))
+    method: Mapped[str] = mapped_column(String(32))
+    length: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class OtaCampaignRow(Base):
+    """A rollout campaign of one release: its plan, state and the scope its approval signed."""
+
+    __tablename__ = "ota_campaigns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release_id: Mapped[str] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(64))
+    scope_ppm: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    current_wave: Mapped[int] = mapped_column(Integer)
+    wave_opened_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    devices: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class OtaCampaignDeviceRow(Base):
+    """One device's progress in one campaign."""
+
+    __tablename__ = "ota_campaign_devices"
+    __table_args__ = (
+        Index("ix_ota_campaign_devices_device", "device_id"),
+        Index("ix_ota_campaign_devices_wave", "campaign_id", "wave", "step"),
+    )
+
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    step_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    detail: Mapped[str] = mapped_column(String(512))
+
+
+class OtaDeviceStatusRow(Base):
+    """What a device last reported about its firmware (patch compliance)."""
+
+    __tablename__ = "ota_device_status"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(128))
+    release: Mapped[str] = mapped_column(String(128))
+    release_counter: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from fleetguard.errors import FleetguardError, InvalidInput, Unavailable
+from fleetguard.errors import Conflict, FleetguardError, InvalidInput, LimitExceeded, Unavailable
 
 __all__ = [
     "AgentConfigInvalid",
     "AgentError",
     "AgentNotEnrolled",
+    "AntiRollbackRefused",
     "BrokerRefused",
     "BrokerUnreachable",
     "EnrollmentPending",
     "EstRequestFailed",
     "EstServerBusy",
     "EstServerUnreachable",
+    "ImageMismatch",
+    "ImageTooLarge",
     "KeyStoreError",
     "RenewalImpossible",
+    "SlotError",
+    "SlotInputInvalid",
+    "SlotIoFailed",
+    "SlotStateInvalid",
+    "SlotTransitionRefused",
 ]
 
 
@@ -114,3 +122,80 @@ class BrokerRefused(AgentError):
     def __init__(self, message: str, *, reason_code: int) -> None:
         super().__init__(message, hint="the agent backs off and tries again")
         self.reason_code = reason_code
+
+
+class SlotError(AgentError):
+    """Base of the A/B slot store's errors (:mod:`fleetguard.agent.slots`)."""
+
+    code = "agent-slot"
+
+
+class SlotStateInvalid(SlotError):
+    """``bootstate.json`` is missing, unreadable, corrupt, of an unknown version, or inconsistent.
+
+    The store never resets it to defaults: that could boot a slot nobody verified.
+    """
+
+    code = "agent-slot-state-invalid"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"the boot state {path} is not valid: {problem}",
+            hint="the agent does not reset it; restore it or re-provision the device",
+        )
+        self.path = path
+        self.problem = problem
+
+
+class SlotTransitionRefused(Conflict, SlotError):
+    """The operation is not allowed in the slots' current state (install while a switch is pending, ...)."""
+
+    code = "agent-slot-transition-refused"
+
+    def __init__(self, operation: str, problem: str) -> None:
+        super().__init__(f"cannot {operation}: {problem}")
+        self.operation = operation
+        self.problem = problem
+
+
+class SlotInputInvalid(InvalidInput, SlotError):
+    """A release name, counter, digest, length or tries count is malformed or out of range."""
+
+    code = "agent-slot-input-invalid"
+
+
+class AntiRollbackRefused(SlotError):
+    """The release's counter is below the device's anti-rollback counter, or reuses the committed one
+    for a different image."""
+
+    status = 409
+    code = "agent-anti-rollback"
+
+    def __init__(self, message: str, *, counter: int, minimum: int) -> None:
+        super().__init__(message, hint="the device only installs releases at or above its rollback counter")
+        self.counter = counter
+        self.minimum = minimum
+
+
+class ImageMismatch(SlotError):
+    """The image written to the inactive slot does not have the declared length or SHA-256."""
+
+    status = 422
+    code = "agent-image-mismatch"
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message, hint="the slot was marked invalid; download the image again")
+        self.expected = expected
+        self.actual = actual
+
+
+class ImageTooLarge(LimitExceeded, SlotError):
+    """The image is longer than its declared length (or the store's limit)."""
+
+    code = "agent-image-too-large"
+
+
+class SlotIoFailed(SlotError):
+    """A slot image or the boot state could not be read or written."""
+
+    code = "agent-slot-io"

@@ -91,8 +91,10 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CLIENT_CHAIN",
     "NO_CHECK_TIME",
+    "DeviceRoutes",
     "EnrollmentBackend",
     "EstServer",
+    "FileResponse",
     "IssuedCertificate",
     "parse_client_chain",
     "peer_chain",
@@ -127,6 +129,31 @@ class EnrollmentBackend(Protocol):
     def reenroll(self, request: EnrollmentRequest, *, now: dt.datetime) -> IssuedCertificate:
         """Decide a re-enrollment: issued, or an error with its HTTP status."""
         ...
+
+
+class DeviceRoutes(Protocol):
+    """Other device-facing resources served on this mTLS endpoint (``fleetguard.ota.device_api``).
+
+    Requests whose path starts with :attr:`prefix` go to :meth:`handle` with the client chain that TLS
+    verified for possession and chain only (no time check): the handler decides what it accepts.
+    """
+
+    prefix: str
+
+    def handle(
+        self, method: str, path: str, body: bytes, client_chain: tuple[x509.Certificate, ...]
+    ) -> EstResponse | FileResponse:
+        """Answer one request; errors are returned as responses, never raised."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileResponse:
+    """A 200 answer whose body is a file, streamed (large OTA images are never read into memory)."""
+
+    content_type: str
+    path: Path
+    length: int
 
 
 def server_context(ca_bundle: bytes, certificate: Path, key: Path) -> ssl.SSLContext:
@@ -272,11 +299,17 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # the boundary: answer 500, then let the server log the traceback
             self._answer(EstResponse(500, "text/plain; charset=utf-8", b"internal error\n"), keep_alive=False)
             raise
-        self._answer(response, keep_alive=not self.close_connection)
+        if isinstance(response, FileResponse):
+            self._send_file(response, keep_alive=not self.close_connection)
+        else:
+            self._answer(response, keep_alive=not self.close_connection)
 
-    def _respond(self, method: str) -> EstResponse:
+    def _respond(self, method: str) -> EstResponse | FileResponse:
         try:
             body = self._read_body()
+            routes = self.server.device_routes
+            if routes is not None and self.path.startswith(routes.prefix):
+                return routes.handle(method, self.path, body, self._client_chain())
             operation = parse_est_path(self.path)
             if method != operation.method:
                 raise EstMethodNotAllowed(method, operation.method)
@@ -366,6 +399,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
         self._log_line(response.status, len(response.body))
+
+    def _send_file(self, response: FileResponse, *, keep_alive: bool) -> None:
+        try:
+            file = open(response.path, "rb")  # noqa: SIM115 - closed below, after the headers are chosen
+        except OSError:
+            self._answer(EstResponse(404, "text/plain; charset=utf-8", b"not found\n"), keep_alive=keep_alive)
+            return
+        with file:
+            self.send_response(200)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(response.length))
+            if not keep_alive:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            remaining = response.length
+            while remaining > 0 and (chunk := file.read(min(remaining, 1 << 16))):
+                self.wfile.write(chunk)
+                remaining -= len(chunk)
+            if remaining:  # the file shrank under us: the client sees a short body, and we close
+                self.close_connection = True
+        self._log_line(200, response.length - remaining)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Protocol errors found by http.server itself (bad request line, too many headers, 501):
@@ -470,6 +525,7 @@ class _Setup:
     cacerts: _CaCertificates
     max_connections: int
     listener: socket.socket | None
+    device_routes: DeviceRoutes | None = None
 
 
 _Request = socket.socket | tuple[bytes, socket.socket]  # socketserver's request: a stream or a datagram
@@ -487,6 +543,7 @@ class _HttpServer(ThreadingHTTPServer):
         self.limits = setup.limits
         self.contexts = setup.contexts
         self.cacerts = setup.cacerts
+        self.device_routes = setup.device_routes
         self._capacity = setup.max_connections
         self._slots = threading.BoundedSemaphore(setup.max_connections)
         self._open: set[socket.socket] = set()
@@ -611,6 +668,7 @@ class EstServer:
         request_timeout_s: float = 10.0,
         reload_interval_s: float = 5.0,
         listener: socket.socket | None = None,
+        device_routes: DeviceRoutes | None = None,
     ) -> None:
         self._setup = _Setup(
             service=service,
@@ -620,6 +678,7 @@ class EstServer:
             cacerts=_CaCertificates(cacerts),
             max_connections=max_connections,
             listener=listener,
+            device_routes=device_routes,
         )
         self._host = host
         self._port = port

@@ -199,3 +199,24 @@ class SlotIoFailed(SlotError):
     """A slot image or the boot state could not be read or written."""
 
     code = "agent-slot-io"
+
+
+class TufUpdateFailed(AgentError):
+    """A TUF client operation (``init``, ``refresh`` or ``download``) failed.
+
+    The metadata directory holds only metadata that verified: the refused file was not written.
+    ``operation`` names the operation (:mod:`fleetguard.agent.tuf_client`); ``reason`` is python-tuf's
+    account of the failure (a refused signature, an expired or rolled-back role, a hash mismatch, a
+    failed download, ...).
+    """
+
+    status = 502
+    code = "agent-tuf-update-failed"
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(
+            f"TUF {operation} failed: {reason}",
+            hint="the device keeps the metadata it trusts; fix the repository or the arguments and retry",
+        )
+        self.operation = operation
+        self.reason = reason

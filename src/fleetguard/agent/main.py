@@ -3,7 +3,8 @@
 ``enroll`` gets the device its first operational certificate over EST, ``renew`` renews it once,
 ``run`` keeps it renewed in the background and, when enrolled with ``--mqtt``, keeps the device
 connected to the MQTT broker (:mod:`fleetguard.agent.mqtt`) until SIGTERM/SIGINT or a ``wipe``
-command; ``status`` says where it stands. State lives in one directory (``--state-dir``, default
+command; ``status`` says where it stands; ``tuf init|refresh|download`` is the device's TUF client
+(:mod:`fleetguard.agent.tuf_client`). State lives in one directory (``--state-dir``, default
 ``/var/lib/fleetguard-agent``), described in :mod:`fleetguard.agent.state`.
 
 ``run`` runs the renewal loop and the MQTT link in two threads; the main thread waits for a signal or
@@ -249,6 +250,60 @@ def status_command(state_dir: StateDir = DEFAULT_STATE_DIR, as_json: AsJson = Fa
     for name, value in asdict(status).items():
         shown = value.isoformat() if isinstance(value, dt.datetime) else value
         typer.echo(f"{name.replace('_', ' ')}: {'-' if shown is None else shown}")
+
+
+tuf_app = typer.Typer(
+    name="tuf",
+    help="The device's TUF client (python-tuf ngclient): trust a root, refresh metadata, download targets.",
+    no_args_is_help=True,
+)
+app.add_typer(tuf_app)
+MetadataDir = Annotated[Path, typer.Option(help="Trusted TUF metadata: root.json, timestamp.json, ...")]
+MetadataUrl = Annotated[str, typer.Option(help="The repository's metadata base URL.")]
+DaysInFuture = Annotated[
+    int, typer.Option(min=0, max=36500, help="Check expiry as if it were this many days later.")
+]
+
+
+@tuf_app.command("init")
+def tuf_init_command(
+    metadata_dir: MetadataDir,
+    trusted_root: Annotated[Path, typer.Option(help="The initial root.json, obtained out of band.")],
+) -> None:
+    """Verify the root's own signatures and store it as the trusted root.json. No network request."""
+    from fleetguard.agent import tuf_client
+
+    tuf_client.init(metadata_dir, trusted_root)
+    typer.echo(f"trusted root stored in {metadata_dir}")
+
+
+@tuf_app.command("refresh")
+def tuf_refresh_command(
+    metadata_dir: MetadataDir, metadata_url: MetadataUrl, days_in_future: DaysInFuture = 0
+) -> None:
+    """Update the top-level metadata (TUF spec 5.3-5.6); only verified metadata is written."""
+    from fleetguard.agent import tuf_client
+
+    tuf_client.refresh(metadata_dir, metadata_url, days_in_future=days_in_future)
+    typer.echo(f"metadata in {metadata_dir} is current")
+
+
+@tuf_app.command("download")
+def tuf_download_command(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
+    metadata_dir: MetadataDir,
+    metadata_url: MetadataUrl,
+    target_name: Annotated[str, typer.Option(help="The target path in the repository.")],
+    target_dir: Annotated[Path, typer.Option(help="Where verified targets are stored.")],
+    target_base_url: Annotated[str, typer.Option(help="The repository's targets base URL.")],
+    days_in_future: DaysInFuture = 0,
+) -> None:
+    """Refresh, then download the target and verify its length and hashes (TUF spec 5.7)."""
+    from fleetguard.agent import tuf_client
+
+    target = tuf_client.download(
+        metadata_dir, metadata_url, target_name, target_dir, target_base_url, days_in_future=days_in_future
+    )
+    typer.echo(f"{'already present' if target.cached else 'downloaded'}: {target.path}")
 
 
 def main() -> None:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     segment_nameservers: str = ""
     segment_dns_port: int = Field(default=53, ge=1, le=65535)
     segment_refresh_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    # OTA: `up` evaluates every running rollout campaign (silent devices time out, soak and deadlines,
+    # windows, completion) and re-signs the image repository's timestamp when due, every
+    # ota_evaluate_s; a device report that breaches a threshold is acted on at once.
+    ota_evaluate_s: float = Field(default=10.0, ge=0.05, le=3600.0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

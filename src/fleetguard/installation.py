@@ -30,6 +30,9 @@ from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
 from fleetguard.firmware.service import FirmwareService
 from fleetguard.inventory.service import Inventory
+from fleetguard.ota.campaigns import CampaignService
+from fleetguard.ota.releases import ReleaseService
+from fleetguard.ota.repositories import OtaRepositories
 from fleetguard.pki.publication import RevocationPublisher
 from fleetguard.pki.service import CertificateRecord, CertificateService
 from fleetguard.segment.nftables import Nftables
@@ -155,6 +158,14 @@ class Runtime:
         self.segment = SegmentationService(
             self.database, self.log, self.inventory, nft=_nftables(settings), resolver=_resolver(settings),
             clock=utc_now, on_commit=self.relay.notify,
+        )  # fmt: skip
+        self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
+        self.releases = ReleaseService(
+            self.database, self.log, self.ota, self.firmware, clock=utc_now, on_commit=self.relay.notify
+        )
+        self.campaigns = CampaignService(
+            self.database, self.log, self.inventory, self.ota, self.releases, clock=utc_now,
+            on_commit=self.relay.notify,
         )  # fmt: skip
 
     def _publish_revocation(self, record: CertificateRecord) -> None:

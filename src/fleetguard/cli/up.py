@@ -26,6 +26,7 @@ from rich.text import Text
 
 from fleetguard.cli.checkpointer import Checkpointer
 from fleetguard.cli.context import CliContext, cli_context
+from fleetguard.cli.ota_scheduler import OtaScheduler
 from fleetguard.cli.output import stdout_console
 from fleetguard.cli.renewal_scheduler import DueWindow, RenewalScheduler
 from fleetguard.enroll.endpoint import open_est_endpoint
@@ -63,7 +64,9 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
     whose access the trust policies decide and re-decide on every change (quarantine, revocation,
     posture, risk, a new policy). With FLEETGUARD_SEGMENT_ENFORCE=true it applies the fleet's
     nftables ruleset, keeps MUD DNS names current, reports violations and quarantines at the
-    firewall what the trust policies cut off. Prints where the API, its documentation, EST and MQTT are. Fails
+    firewall what the trust policies cut off. Serves the OTA repositories under /ota/ (and devices'
+    check-ins on the EST port) and evaluates rollout campaigns every FLEETGUARD_OTA_EVALUATE_S.
+    Prints where the API, its documentation, EST and MQTT are. Fails
     (exit 1) if the API port is taken; EST and MQTT that cannot start are reported, not fatal.
     """
     context = cli_context(ctx)
@@ -74,6 +77,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
         runtime.relay.start()
         checkpointer = Checkpointer(runtime.log, runtime.signer(), interval_s=settings.checkpoint_interval_s)
         renewals = RenewalScheduler(runtime.pki, DueWindow.from_settings(settings))
+        ota = OtaScheduler(runtime.campaigns, runtime.ota, interval_s=settings.ota_evaluate_s)
         with _listen(host or settings.api_host, settings.api_port if port is None else port) as listener:
             server = _server(runtime, verbose=context.verbose)
             est = open_est_endpoint(runtime, host=settings.est_host or host or settings.api_host)
@@ -93,6 +97,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
             )
             checkpointer.start()
             renewals.start()
+            ota.start()
             try:
                 with _stop_on_signals(server):
                     _serve(server, listener)
@@ -100,6 +105,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 mqtt.stop()
                 segment.stop()
                 est.stop()
+                ota.stop()
                 renewals.stop()
                 checkpointer.stop()
 

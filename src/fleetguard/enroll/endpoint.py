@@ -1,5 +1,9 @@
 """The EST endpoint of a running installation: its TLS identity, trust anchors and server.
 
+The same mTLS endpoint serves the devices' OTA resources (:mod:`fleetguard.ota.device_api`):
+check-ins, step reports and the director's per-device metadata, authenticated by the device's
+operational certificate.
+
 ``fleetguard up`` calls :func:`open_est_endpoint`. The endpoint needs the CA (to issue its own TLS
 server certificate, ``pki/servers/est.*``, renewed by the renewal scheduler like any server
 certificate) and trusts, for client certificates, this installation's CAs and the registered
@@ -18,6 +22,8 @@ from fleetguard.enroll.est_server import EstServer
 from fleetguard.enroll.est_workers import EstWorkers, est_server
 from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
+from fleetguard.ota.device_api import OtaDeviceRoutes
+from fleetguard.types import utc_now
 
 __all__ = ["EstEndpoint", "open_est_endpoint"]
 
@@ -67,9 +73,12 @@ def _start(runtime: Runtime, host: str, port: int) -> EstServer | EstWorkers:
     workers = runtime.settings.est_workers
     server: EstServer | EstWorkers
     if workers > 1:
+        # OTA's device routes need the whole runtime; worker processes serve EST only.
+        _log.warning("EST served by %d worker processes: the OTA device routes are not served", workers)
         server = EstWorkers(runtime, host=host, port=port, count=workers)
     else:
-        server = est_server(pki, runtime.enroll, host=host, port=port)
+        routes = OtaDeviceRoutes(runtime.ota, runtime.campaigns, pki, clock=utc_now)
+        server = est_server(pki, runtime.enroll, host=host, port=port, device_routes=routes)
     server.start()
     return server
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetguard.config import Settings
-from fleetguard.enroll.est_server import EstServer
+from fleetguard.enroll.est_server import DeviceRoutes, EstServer
 from fleetguard.enroll.flood import EnrollmentLimits, FloodGuard
 from fleetguard.enroll.service import EnrollmentService
 from fleetguard.errors import FleetguardError
@@ -87,6 +87,7 @@ def est_server(
     host: str,
     port: int,
     listener: socket.socket | None = None,
+    device_routes: DeviceRoutes | None = None,
 ) -> EstServer:
     """Return (not started) the EST server of ``enroll``, with the ``est`` TLS identity the PKI issued.
 
@@ -108,6 +109,7 @@ def est_server(
         host=host,
         port=port,
         listener=listener,
+        device_routes=device_routes,
     )
 
 

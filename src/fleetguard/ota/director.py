@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
@@ -45,6 +46,8 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _SERIALIZER = JSONSerializer(compact=True)
 _DEVICE_EXPIRY = dt.timedelta(days=7)
 _MAX_TIMESTAMP = 16 * 1024
+_MAX_DEVICE_FILE = 64 * 1024
+_T = TypeVar("_T", Targets, Timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,11 @@ class DeviceMetadata:
     device_id: str
     version: int
     expires: dt.datetime
+    targets: tuple[DirectorTarget, ...] = ()
+
+    def renewal_due(self, now: dt.datetime) -> bool:
+        """Whether the timestamp is past half its life (re-sign before devices see it expire)."""
+        return self.expires - now < DEFAULT_EXPIRY["timestamp"] / 2
 
 
 class Director:
@@ -147,7 +155,21 @@ class Director:
         _write(directory / f"{version}.snapshot.json", snapshot.to_bytes(_SERIALIZER))
         _write(directory / "timestamp.json", timestamp.to_bytes(_SERIALIZER))
         _prune(directory, keep_from=version - 1)
-        return DeviceMetadata(device_id, version, timestamp_expires)
+        return DeviceMetadata(device_id, version, timestamp_expires, tuple(targets))
+
+    def current(self, device_id: str) -> DeviceMetadata | None:
+        """Return what is served for ``device_id`` now (None: nothing yet); raise on a corrupt file."""
+        _require_device_id(device_id)
+        directory = self.devices_dir / device_id
+        timestamp = _read_metadata(directory / "timestamp.json", Timestamp)
+        if timestamp is None:
+            return None
+        version = timestamp.signed.version
+        targets = _read_metadata(directory / f"{version}.targets.json", Targets)
+        if targets is None:
+            raise MetadataInvalid(f"{directory} lacks {version}.targets.json")
+        listed = tuple(_director_target(entry) for entry in targets.signed.targets.values())
+        return DeviceMetadata(device_id, version, timestamp.signed.expires, listed)
 
     def current_version(self, device_id: str) -> int:
         """Return the version of ``device_id``'s served metadata (0: none yet)."""
@@ -185,6 +207,33 @@ class Director:
 
 _ROOT_FILE = re.compile(r"[1-9][0-9]{0,9}\.root\.json")
 _DEVICE_FILE = re.compile(r"timestamp\.json|[1-9][0-9]{0,9}\.(snapshot|targets)\.json")
+
+
+def _read_metadata(path: Path, kind: type[_T]) -> Metadata[_T] | None:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_DEVICE_FILE + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > _MAX_DEVICE_FILE:
+        raise MetadataInvalid(f"{path} is larger than {_MAX_DEVICE_FILE} bytes")
+    try:
+        metadata: Metadata[_T] = Metadata.from_bytes(data)
+    except DeserializationError as exc:
+        raise MetadataInvalid(f"{path} is not valid TUF metadata: {exc}") from exc
+    if not isinstance(metadata.signed, kind):
+        raise MetadataInvalid(f"{path} holds {metadata.signed.type} metadata")
+    return metadata
+
+
+def _director_target(entry: TargetFile) -> DirectorTarget:
+    fields = entry.custom.get("fleetguard", {})
+    delta = fields.get("delta")
+    return DirectorTarget(
+        path=entry.path, length=entry.length, sha256=entry.hashes["sha256"],
+        hardware_id=str(fields.get("hardware_id")), release_counter=int(fields.get("release_counter", 0)),
+        campaign=str(fields.get("campaign")), delta_path=delta if isinstance(delta, str) else None,
+    )  # fmt: skip
 
 
 def _require_device_id(device_id: str) -> None:

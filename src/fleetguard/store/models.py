@@ -550,21 +550,23 @@ class OtaDeltaRow(Base):
 
 
 class OtaCampaignRow(Base):
-    """A rollout campaign of one release: its plan, state and the scope its approval signed."""
+    """A rollout campaign of one release: its policy, state and the scope its approval signed."""
 
     __tablename__ = "ota_campaigns"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     release_id: Mapped[str] = mapped_column(String(36))
+    hardware_id: Mapped[str] = mapped_column(String(128))
+    release: Mapped[str] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(16))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     target: Mapped[dict[str, Any]] = mapped_column(JSON)
-    salt: Mapped[str] = mapped_column(String(64))
     scope_ppm: Mapped[int] = mapped_column(Integer)
     not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    current_wave: Mapped[int] = mapped_column(Integer)
+    open_waves: Mapped[int] = mapped_column(Integer)
     wave_opened_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    success_since: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     devices: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(256))
@@ -572,9 +574,11 @@ class OtaCampaignRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer)
 
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's declarative hook
+
 
 class OtaCampaignDeviceRow(Base):
-    """One device's progress in one campaign."""
+    """One device's progress in one campaign (``fleetguard.ota.rollout.DeviceProgress``)."""
 
     __tablename__ = "ota_campaign_devices"
     __table_args__ = (
@@ -587,10 +591,11 @@ class OtaCampaignDeviceRow(Base):
     wave: Mapped[int] = mapped_column(Integer)
     bucket: Mapped[int] = mapped_column(Integer)
     step: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer)
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    step_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    detail: Mapped[str] = mapped_column(String(512))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step_since: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    detail: Mapped[str] = mapped_column(String(1024))
 
 
 class OtaDeviceStatusRow(Base):

@@ -68,12 +68,13 @@ def scan_image(
     started = time.perf_counter()
     now = options.now or dt.datetime.now(dt.UTC)
     report = progress or _quiet
+    image = image.absolute()  # extractors run in their work directory: a relative path would miss
     sha256, size = _digest(image)
     report("extract", 0, size)
     with tempfile.TemporaryDirectory(prefix="fleetguard-fw-", dir=options.work_root) as work:
         tree = extract_image(
             image,
-            Path(work),
+            Path(work).absolute(),
             limits=options.limits,
             progress=lambda done, total: report("extract", done, total),
         )

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleetguard.ota.errors import ScopeViolation, UpdateRejected
+from fleetguard.ota.errors import MetadataInvalid, ScopeViolation, UpdateRejected
 from fleetguard.ota.scope import RolloutScope, require_in_scope
 
 __all__ = ["Assignment", "ImageRelease", "TargetEntry", "image_release", "verify_assignment"]
@@ -83,7 +83,11 @@ def image_release(entry: TargetEntry) -> ImageRelease:
         raise UpdateRejected(f"image repository entry {entry.path} names no hardware ids")
     if not isinstance(scopes, list) or len(scopes) > _MAX_SCOPES:
         raise UpdateRejected(f"image repository entry {entry.path} has a malformed scope list")
-    return ImageRelease(release, counter, tuple(hardware), tuple(RolloutScope.from_custom(s) for s in scopes))
+    try:
+        parsed = tuple(RolloutScope.from_custom(s) for s in scopes)
+    except MetadataInvalid as exc:
+        raise UpdateRejected(f"image repository entry {entry.path} has a malformed scope: {exc}") from exc
+    return ImageRelease(release, counter, tuple(hardware), parsed)
 
 
 def verify_assignment(

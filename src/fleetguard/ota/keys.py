@@ -12,7 +12,6 @@ approved images, never sign a new one: that is what the director/image cross-che
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -86,10 +85,12 @@ def load_public_key(path: Path) -> Key:
 
 
 def _read_bounded(path: Path) -> bytes:
+    # Read at most one byte past the limit: st_size is 0 for a pipe or a device and a file may grow.
     try:
-        size = os.stat(path).st_size
-        if size > _MAX_KEY_FILE:
-            raise SigningError(f"{path} is {size} bytes; a key file is at most {_MAX_KEY_FILE}")
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read(_MAX_KEY_FILE + 1)
     except OSError as exc:
         raise SigningError(f"cannot read key file {path}: {exc.strerror}") from exc
+    if len(data) > _MAX_KEY_FILE:
+        raise SigningError(f"{path} is larger than {_MAX_KEY_FILE} bytes; it is not a key file")
+    return data

@@ -79,7 +79,7 @@ DEFAULT_EXPIRY: Mapping[str, dt.timedelta] = {
     TIMESTAMP: dt.timedelta(days=1),
 }
 _DELEGATED_EXPIRY = dt.timedelta(days=90)
-_ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SERIALIZER = JSONSerializer(compact=True)
 _T = TypeVar("_T", Root, Timestamp, Snapshot, Targets)
 
@@ -263,6 +263,7 @@ class TufRepository:
 
     def sign_staged(self, role: str, signers: Sequence[Signer]) -> Published | Staged:
         """Add signatures to the staged version of ``role``; publish it once its threshold is met."""
+        _require_role_name(role)
         with self._locked():
             path = self._staged_dir / f"{role}.json"
             if not path.exists():
@@ -272,6 +273,7 @@ class TufRepository:
 
     def discard_staged(self, role: str) -> None:
         """Drop the staged version of ``role`` (nothing was published)."""
+        _require_role_name(role)
         with self._locked():
             (self._staged_dir / f"{role}.json").unlink(missing_ok=True)
 
@@ -286,7 +288,13 @@ class TufRepository:
         return pending
 
     def add_target(self, path: str, source: Path, *, custom: Mapping[str, Any]) -> TargetFile:
-        """Copy ``source`` under ``targets/`` (hash-prefixed) and return its TUF target description."""
+        """Copy ``source`` under ``targets/`` (hash-prefixed) and return its TUF target description.
+
+        Raises :class:`MetadataInvalid` for a path that is absolute or has an empty, ``.`` or ``..``
+        segment (it would be stored outside ``targets/``).
+        """
+        if any(segment in {"", ".", ".."} for segment in path.split("/")):
+            raise MetadataInvalid(f"target path {path[:80]!r} must be relative, without . or .. segments")
         digest, length = _file_digest(source)
         target = TargetFile(length, {"sha256": digest}, path, {"custom": dict(custom)} if custom else None)
         destination = self.targets_dir / target_file_path(path, digest)
@@ -333,13 +341,26 @@ class TufRepository:
             path = self._staged_dir / f"{role}.json"
             _write_atomic(path, metadata.to_bytes(JSONSerializer(compact=False)))
             return Staged(role, metadata.signed.version, _valid(metadata, keys), keys.threshold)
+        # Before any file is written: the snapshot and timestamp that follow must verify under the root.
+        self._require_online_keys(metadata.signed if role == ROOT else self.root().signed)
+        # Read the served versions before a new root is written: the served snapshot and timestamp
+        # verify under the current root, not under a new one that rotated the online keys.
+        versions = self._current_versions()
         self._write_versioned(role, metadata)
         (self._staged_dir / f"{role}.json").unlink(missing_ok=True)
-        versions = self._current_versions()
         if role != ROOT:  # root is not in the snapshot (TUF spec 4.4)
             versions[role] = metadata.signed.version
         self._publish_snapshot(versions, self._clock())  # after a root: the online keys may have rotated
         return Published(role, metadata.signed.version)
+
+    def _require_online_keys(self, root: Root) -> None:
+        for role, signer in self._online.items():
+            if signer.public_key.keyid not in root.roles[role].keyids:
+                raise SigningError(
+                    f"the root does not trust this repository's {role} key "
+                    f"{signer.public_key.keyid[:16]}; nothing was published",
+                    hint=f"run with the new {role} key",
+                )
 
     def _meets_threshold(self, role: str, metadata: Metadata[Any]) -> bool:
         try:
@@ -380,6 +401,7 @@ class TufRepository:
         return snapshot
 
     def _publish_snapshot(self, versions: Mapping[str, int], now: dt.datetime) -> None:
+        self._require_online_keys(self.root().signed)  # never publish what clients must refuse
         previous = self._maybe_read("timestamp.json", Timestamp)
         snapshot_version = 1 if previous is None else previous.signed.snapshot_meta.version + 1
         snapshot = Metadata(
@@ -485,7 +507,16 @@ def _sign_threshold(metadata: Metadata[Any], signers: Sequence[Signer], delegato
         if signer.public_key.keyid not in trusted:
             raise SigningError(f"key {signer.public_key.keyid[:16]} is not a key of role {role}")
         metadata.sign(signer, append=True)
-    _verify(Metadata(delegator), role, metadata)
+    try:
+        _verify(Metadata(delegator), role, metadata)
+    except MetadataInvalid as exc:
+        raise SigningError(f"{role} is not signed by a threshold of its keys: {exc}") from exc
+
+
+def _require_role_name(role: str) -> None:
+    # A role name becomes a file name under staged/: never a path.
+    if role not in TOP_LEVEL and not _ROLE_NAME.fullmatch(role):
+        raise SigningError(f"{role[:80]!r} is not a role name")
 
 
 def _verify(delegator: Metadata[Any], role: str, metadata: Metadata[Any]) -> None:

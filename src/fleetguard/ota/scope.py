@@ -88,17 +88,22 @@ class RolloutScope:
                 raise MetadataInvalid("scope hardware_ids must be a list of strings")
             if not isinstance(fraction, int) or isinstance(fraction, bool):
                 raise MetadataInvalid("scope fraction_ppm must be an integer")
+            # Strings only: str() would turn a signed number into a salt or a campaign name.
+            text = {name: value[name] for name in ("campaign", "salt", "not_before", "not_after")}
+            for name, field in text.items():
+                if not isinstance(field, str):
+                    raise MetadataInvalid(f"scope {name} must be a string")
             return cls(
-                campaign=str(value["campaign"]),
+                campaign=text["campaign"],
                 fraction_ppm=fraction,
-                salt=str(value["salt"]),
+                salt=text["salt"],
                 hardware_ids=tuple(hardware),
-                not_before=parse_utc(str(value["not_before"])),
-                not_after=parse_utc(str(value["not_after"])),
+                not_before=parse_utc(text["not_before"]),
+                not_after=parse_utc(text["not_after"]),
             )
         except KeyError as exc:
             raise MetadataInvalid(f"scope lacks {exc.args[0]!r}") from exc
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: year 1 shifted to UTC
             raise MetadataInvalid(f"scope window is not a valid UTC time: {exc}") from exc
 
     def covers(self, bucket: int) -> bool:

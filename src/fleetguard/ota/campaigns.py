@@ -344,7 +344,9 @@ class CampaignService:
         director = self._repositories.director
         current = director.current(device_id)
         wanted = self._wanted(device_id, request, found, now)
-        if wanted is not None and (
+        if wanted is not None and current is None and not wanted:
+            pass  # nothing was ever served and nothing is wanted: no metadata for the device yet
+        elif wanted is not None and (
             current is None or current.targets != tuple(wanted) or current.renewal_due(now)
         ):
             current = director.assign(device_id, wanted)

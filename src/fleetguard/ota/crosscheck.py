@@ -10,7 +10,8 @@ image repository's entry for the same path and raises :class:`UpdateRejected` un
    repository's targets metadata must match"), so a director cannot send an image the offline keys
    never signed (arbitrary image), nor mix one release's hash with another's name (mix-and-match);
 3. the image entry lists the hardware id and the same release counter as the director's;
-4. the release counter is above the one installed (anti-rollback), and above the device's floor;
+4. the release counter is above ``installed_counter`` (anti-rollback: the update client passes the
+   larger of the running image's counter and the highest counter it ever committed);
 5. the offline-signed scope of the director's campaign covers this device now
    (:func:`fleetguard.ota.scope.require_in_scope`), so a compromised director cannot widen a rollout.
 

@@ -131,6 +131,8 @@ class Director:
         hardware = [target.hardware_id for target in targets]
         if len(set(hardware)) != len(hardware):
             raise SigningError(f"device {device_id}: at most one image per hardware id")
+        if len({target.path for target in targets}) != len(targets):
+            raise SigningError(f"device {device_id}: a target path is named twice")
         now = self._clock()
         expires = (now + self._device_expiry).replace(microsecond=0)
         directory = self.devices_dir / device_id
@@ -245,6 +247,8 @@ def _write(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as file:
         file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, path)
 
 

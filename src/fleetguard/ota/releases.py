@@ -38,7 +38,7 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.firmware.service import FirmwareService
-from fleetguard.ota.delta import make_delta
+from fleetguard.ota.delta import compressed_size, make_delta
 from fleetguard.ota.errors import ReleaseNotFound
 from fleetguard.ota.repositories import OtaRepositories, hardware_role
 from fleetguard.ota.repository import Published, Staged, target_file_path
@@ -237,6 +237,7 @@ class ReleaseService:
         if target.length > _MAX_DELTA_SOURCE:
             return []
         new = image.read_bytes()
+        full = compressed_size(new)  # once, not once per base
         built = []
         previous = [r for r in self.releases(hardware_id) if r.state == ReleaseState.PUBLISHED][:DELTA_BASES]
         repository = self._repositories.image
@@ -244,7 +245,7 @@ class ReleaseService:
             if base.length > _MAX_DELTA_SOURCE:
                 continue
             old = (repository.targets_dir / target_file_path(base.target_path, base.sha256)).read_bytes()
-            delta = make_delta(old, new)
+            delta = make_delta(old, new, full_compressed_size=full)
             if delta is None:
                 continue
             data = delta.to_bytes()

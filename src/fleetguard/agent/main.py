@@ -4,7 +4,8 @@
 ``run`` keeps it renewed in the background and, when enrolled with ``--mqtt``, keeps the device
 connected to the MQTT broker (:mod:`fleetguard.agent.mqtt`) until SIGTERM/SIGINT or a ``wipe``
 command; ``status`` says where it stands; ``tuf init|refresh|download`` is the device's TUF client
-(:mod:`fleetguard.agent.tuf_client`). State lives in one directory (``--state-dir``, default
+(:mod:`fleetguard.agent.tuf_client`); ``update init`` and ``update [--once]`` install over-the-air
+updates to A/B slots (:mod:`fleetguard.agent.updater`). State lives in one directory (``--state-dir``, default
 ``/var/lib/fleetguard-agent``), described in :mod:`fleetguard.agent.state`.
 
 ``run`` runs the renewal loop and the MQTT link in two threads; the main thread waits for a signal or
@@ -37,6 +38,7 @@ from fleetguard.agent.keystore import KeyStoreKind
 from fleetguard.agent.mqtt import DEFAULT_TELEMETRY_INTERVAL_S, LinkOutcome, MqttLink, require_mqtt_key_store
 from fleetguard.agent.state import AgentConfig, AgentState, KeyStoreConfig
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG, ReportingGroup
+from fleetguard.errors import FleetguardError
 from fleetguard.pki.keys import Passphrase
 
 __all__ = ["app", "main"]
@@ -306,6 +308,89 @@ def tuf_download_command(  # noqa: PLR0917 - one parameter per option; typer pas
     typer.echo(f"{'already present' if target.cached else 'downloaded'}: {target.path}")
 
 
+update_app = typer.Typer(
+    name="update",
+    help="Over-the-air updates: check in, verify with the director and the image repository (TUF/Uptane), "
+    "install to the inactive A/B slot, reboot, health-check, commit or roll back.",
+)
+app.add_typer(update_app)
+
+
+@update_app.callback(invoke_without_command=True)
+def update_command(
+    context: typer.Context,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    once: Annotated[bool, typer.Option("--once", help="Check once and exit (1 if refused).")] = False,
+    interval: Annotated[
+        float, typer.Option(min=10.0, max=7 * 24 * 3600.0, help="Seconds between check-ins.")
+    ] = 3600.0,
+) -> None:
+    """Check for an update and install it; without --once, every --interval seconds until SIGTERM.
+
+    Needs `update init` first and a file key store. A refused update is logged and the loop goes on.
+    """
+    if context.invoked_subcommand is not None:
+        return
+    from fleetguard.agent.ota_fetcher import HttpsFetcher
+    from fleetguard.agent.slots import CommandHealthCheck, SlotStore
+    from fleetguard.agent.updater import UpdateClient, http_reporter, load_ota_config
+
+    _log_to_stderr()
+    log = logging.getLogger("fleetguard.agent")
+    state = AgentState(state_dir)
+    config = state.load_config()
+    ota = load_ota_config(state_dir)
+    stop = threading.Event()
+    health = CommandHealthCheck(ota.health_command, ota.health_timeout_s)
+    with _identity(state, config) as identity, _stop_on_signals(stop):
+        fetcher = HttpsFetcher.with_client_certificate(
+            ota.server_url, trust_anchors=state.trust_anchors, certificate=state.certificate_path,
+            key=identity.tls_key(), timeout_s=config.timeout_s,
+        )  # fmt: skip
+        client = UpdateClient(
+            state_dir / "ota", device_id=_device_id(state, config), hardware_id=ota.hardware_id,
+            slots=SlotStore(ota.slots_dir), health=health,
+            fetcher=fetcher, base_url=fetcher.origin, report=http_reporter(fetcher),
+            now=lambda: dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        while True:
+            try:
+                outcome = client.update_once()
+                typer.echo(f"{outcome.result}: {outcome.release or '-'} ({outcome.detail})")
+            except FleetguardError as exc:
+                if once:
+                    raise
+                log.warning("update refused: %s", exc)
+            if once or stop.wait(interval):
+                return
+
+
+@update_app.command("init")
+def update_init_command(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
+    server: Annotated[str, typer.Option(help="The OTA endpoint (the EST server), https://host[:port].")],
+    hardware_id: Annotated[str, typer.Option(help="This device's hardware id, as releases name it.")],
+    slots: Annotated[Path, typer.Option(help="The A/B slot directory (initialized at provisioning).")],
+    health_cmd: Annotated[str, typer.Option(help="Health check command, split like a shell (no shell).")],
+    director_root: Annotated[Path, typer.Option(help="The director's 1.root.json, obtained out of band.")],
+    image_root: Annotated[Path, typer.Option(help="The image repository's 1.root.json, out of band.")],
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    health_timeout: Annotated[float, typer.Option(min=1.0, max=3600.0, help="Health check seconds.")] = 60.0,
+) -> None:
+    """Save ota.json and trust the two repositories' roots; refuses to replace roots already trusted."""
+    import shlex
+
+    from fleetguard.agent.slots import SlotStore
+    from fleetguard.agent.updater import OtaConfig, bootstrap_trust, read_root_file, save_ota_config
+
+    config = OtaConfig(server, hardware_id, slots.resolve(), tuple(shlex.split(health_cmd)), health_timeout)
+    SlotStore(config.slots_dir).read_state()  # the slots must exist and be valid
+    state = AgentState(state_dir)
+    state.prepare()
+    bootstrap_trust(state_dir / "ota", read_root_file(director_root), read_root_file(image_root))
+    save_ota_config(state_dir, config)
+    typer.echo(f"OTA configured for {hardware_id}; run `fleetguard-agent update`")
+
+
 def main() -> None:
     """Run the ``fleetguard-agent`` program; exit with 0 ok, 1 failure, 2 usage or 130 interrupted."""
     app(prog_name="fleetguard-agent")
@@ -341,6 +426,17 @@ def _enroll_until_decided(
                 raise
             typer.echo(f"pending approval; asking again in {delay:.0f} s", err=True)
             time.sleep(delay)
+
+
+def _device_id(state: AgentState, config: AgentConfig) -> str:
+    """Return the device id: the configured one, or the operational certificate's CN (architecture)."""
+    if config.device_id is not None:
+        return config.device_id
+    chain = state.certificate_chain()
+    names = [] if chain is None else chain[0].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not names or not isinstance(names[0].value, str):
+        raise AgentConfigInvalid("the device id is unknown: enroll first")
+    return names[0].value
 
 
 def _token(token_file: Path | None) -> str | None:

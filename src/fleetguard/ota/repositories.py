@@ -9,8 +9,9 @@ Layout under ``<data dir>/ota``::
 Both ``image/`` and ``director/`` are static trees that ``fleetguard up`` serves under ``/ota/`` and that
 any web server can serve (the director's per-device root alias aside, see
 :mod:`fleetguard.ota.director`). Hardware ids name delegated roles ``hw-<hardware id>`` trusted for
-the paths ``<hardware id>/*`` (TUF spec 4.5, delegation by path), so that the release keys of one
-hardware line sign nothing for another.
+the paths ``<hardware id>/*/*`` (TUF spec 4.5, delegation by path: releases are
+``<hardware id>/<release>/<file>`` and deltas ``<hardware id>/deltas/<file>``; a ``*`` matches one path
+segment), so that the release keys of one hardware line sign nothing for another.
 """
 
 from __future__ import annotations
@@ -119,12 +120,12 @@ class OtaRepositories:
     def add_hardware(
         self, hardware_id: str, keys: RoleKeys, targets_signers: Sequence[Signer]
     ) -> Published | Staged:
-        """Delegate ``<hardware_id>/*`` to a new release role trusting ``keys`` (signed by targets keys)."""
+        """Delegate ``<hardware_id>/*/*`` to a new release role trusting ``keys`` (signed by targets keys)."""
         self.require_initialized()
         role = hardware_role(hardware_id)
         return self.image.update_targets(
             "targets",
-            lambda targets: add_delegation(targets, role, keys, [f"{hardware_id}/*"]),
+            lambda targets: add_delegation(targets, role, keys, [f"{hardware_id}/*/*"]),
             targets_signers,
         )
 

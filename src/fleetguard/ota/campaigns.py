@@ -45,7 +45,7 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.inventory.lifecycle import State
-from fleetguard.inventory.model import DeviceFilter
+from fleetguard.inventory.model import DeviceChanges, DeviceFilter
 from fleetguard.inventory.service import Inventory
 from fleetguard.ota.director import DirectorTarget
 from fleetguard.ota.errors import CampaignNotFound, CampaignStateError, ReportInvalid
@@ -86,6 +86,7 @@ __all__ = ["Campaign", "CampaignService", "WaveView"]
 _UNFINISHED = (CampaignState.DRAFT, CampaignState.APPROVED, CampaignState.RUNNING, CampaignState.PAUSED)
 _LIVE = (CampaignState.RUNNING, CampaignState.PAUSED)
 _WITHDRAWABLE = (DeviceStep.OFFERED, DeviceStep.DOWNLOADING, DeviceStep.DOWNLOADED)
+_RETRYABLE = (DeviceStep.FAILED, DeviceStep.TIMED_OUT)
 _IN_FLIGHT = (
     DeviceStep.OFFERED, DeviceStep.DOWNLOADING, DeviceStep.DOWNLOADED, DeviceStep.INSTALLED,
     DeviceStep.REBOOTED, DeviceStep.HEALTHY,
@@ -352,7 +353,10 @@ class CampaignService:
         if wanted is not None and current is None and not wanted:
             pass  # nothing was ever served and nothing is wanted: no metadata for the device yet
         elif wanted is not None and (
-            current is None or current.targets != tuple(wanted) or current.renewal_due(now)
+            current is None
+            or current.targets != tuple(wanted)
+            or current.renewal_due(now)
+            or (wanted and found[0].step in _RETRYABLE)  # a retry: the device holds these targets already
         ):
             current = director.assign(device_id, wanted)
         elif wanted is None and current is not None and current.renewal_due(now):
@@ -377,11 +381,12 @@ class CampaignService:
             device_row, campaign_row = pair
             policy = policy_from_dict(campaign_row.policy)
             before = _progress(device_row, campaign_row.release)
+            # A device names the release by its target path until it has verified the image entry.
+            target_path = self._releases.by_id(campaign_row.release_id).target_path
+            release = campaign_row.release if report.release == target_path else report.release
             after = apply_report(
                 before,
-                DeviceReport(
-                    device_id, report.campaign, report.release, report.step, report.at, report.detail
-                ),
+                DeviceReport(device_id, report.campaign, release, report.step, report.at, report.detail),
                 policy,
                 now,
             )
@@ -393,6 +398,12 @@ class CampaignService:
                 self._device_final(session, campaign_row, after, now)
                 self._evaluate(session, campaign_row, now)
         publish_committed(self._on_commit)
+        if after.step is DeviceStep.COMMITTED:
+            # The inventory's firmware version feeds zero trust's posture and the firmware exposure.
+            self._inventory.update(
+                device_id, DeviceChanges(firmware_version=after.release), actor="ota",
+                reason=f"committed in campaign {after.campaign}",
+            )  # fmt: skip
 
     def tick(self) -> list[Evaluation]:
         """Time out silent devices and evaluate every live campaign; return the evaluations."""
@@ -511,7 +522,11 @@ class CampaignService:
                 return False
             snapshot = _snapshot(campaign)
             evaluation = Evaluation(
-                Decision.PROCEED, snapshot, snapshot.policy.in_window(now) and now < campaign.not_after, ()
+                Decision.PROCEED,
+                snapshot,
+                # The signed scope's window: a device refuses to install outside it.
+                snapshot.policy.in_window(now) and campaign.not_before <= now < campaign.not_after,
+                (),
             )
             progress = _progress(row, campaign.release)
             if progress.wave >= snapshot.open_waves or not evaluation.may_offer:

@@ -25,7 +25,6 @@ Run: ``.venv/bin/python bench/ota.py [--only plan,checkin,delta,pause] [--device
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import multiprocessing
 import os
@@ -42,37 +41,40 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from enroll import (  # noqa: E402 - the sibling benchmark's set-up and load helpers
+from enroll import (
     HOST,
     PASSPHRASE,
     PASSPHRASE_ENV,
+    _cn,
     _Connection,
     _cpu_s,
     _csr,
-    _cn,
     _free_port,
     _percentile,
     _start_server,
     _wait_for_est,
     _write_device,
 )
-from firmware_images import small_squashfs  # noqa: E402 - the test suite's image builder
-
-from fleetguard.config import Settings  # noqa: E402
-from fleetguard.installation import Runtime, initialize  # noqa: E402
-from fleetguard.inventory.lifecycle import Action  # noqa: E402
-from fleetguard.inventory.model import DeviceSpec  # noqa: E402
-from fleetguard.ota.keys import generate_key_file, load_signer  # noqa: E402
-from fleetguard.ota.policy import default_policy  # noqa: E402
-from fleetguard.ota.repository import RoleKeys  # noqa: E402
-from fleetguard.ota.rollout import CampaignAction, CampaignState  # noqa: E402
-from fleetguard.ota.wire import CHECKIN_PATH, CheckIn, StepReport  # noqa: E402
-from fleetguard.types import utc_now  # noqa: E402
+from firmware_images import small_squashfs
+from fleetguard.config import Settings
+from fleetguard.installation import Runtime, initialize
+from fleetguard.inventory.lifecycle import Action
+from fleetguard.inventory.model import DeviceSpec
+from fleetguard.ota.keys import generate_key_file, load_signer
+from fleetguard.ota.policy import default_policy
+from fleetguard.ota.repository import RoleKeys
+from fleetguard.ota.rollout import CampaignAction, CampaignState
+from fleetguard.ota.wire import CHECKIN_PATH, CheckIn, StepReport
+from fleetguard.types import utc_now
 
 HARDWARE = "cam-x"
 TRUST_DOMAIN = "bench.example"
 _CHUNK = 5000
 _WAVES = (("canary", 10_000), ("early", 100_000), ("broad", 1_000_000))
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 def _device_id(n: int) -> str:
@@ -146,7 +148,7 @@ def bench_plan(runtime: Runtime, signers: dict[str, object], args: argparse.Name
               f"(waves {', '.join(f'{w.name}={w.stats.total}' for w in campaign.waves)})")  # fmt: skip
     median = statistics.median(times)
     print(f"(p) plan and persist a rollout to {args.devices:,} devices: median {median:.2f} s — goal <= 5 s: "
-          f"{'met' if median <= 5 else 'MISSED'}")  # fmt: skip
+          f"{_verdict(median <= 5)}")  # fmt: skip
     runtime.campaigns.approve(campaign_id, [signers["release"]], actor="bench")  # type: ignore[list-item]
     runtime.campaigns.act(campaign_id, CampaignAction.START, actor="bench")
     return campaign_id
@@ -285,19 +287,20 @@ def bench_checkin(root: Path, runtime: Runtime, campaign_id: str, args: argparse
         cpu = statistics.median(
             (r["server_cpu_s"] + r["load_cpu_s"]) / max(1, r["requests"]) * 1000 for r in closed
         )
-        print(f"(c1) check-ins, closed loop, {args.connections} keep-alive connections: median {median:,.0f}/s "
-              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; {cpu:.2f} ms CPU per check-in, server + load) "
-              f"— goal >= 600/s: {'met' if median >= 600 else 'MISSED'}")  # fmt: skip
+        runs = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"(c1) check-ins, closed loop, {args.connections} keep-alive connections: median "
+              f"{median:,.0f}/s (runs: {runs}; {cpu:.2f} ms CPU per check-in, server + load) "
+              f"— goal >= 600/s: {_verdict(median >= 600)}")  # fmt: skip
         opened = [
             _run_load({**base, "mode": "open", "rate": args.rate}, server.pid) for _ in range(args.runs)
         ]
         p99 = statistics.median(r["p99_ms"] for r in opened)
         p50 = statistics.median(r["p50_ms"] for r in opened)
         size = statistics.median(r["bytes"] for r in closed)
-        print(f"(c2) 'no update' check-in at {args.rate:.0f}/s (open loop): p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-              f"— goal p99 < 50 ms: {'met' if p99 < 50 else 'MISSED'}")  # fmt: skip
-        print(f"(c3) one 'no update' check: 1 request, {size:.0f} bytes (request + response, headers included) "
-              f"— goal <= 2 requests and <= 1 KB: {'met' if size <= 1024 else 'MISSED'}")  # fmt: skip
+        print(f"(c2) 'no update' check-in at {args.rate:.0f}/s (open loop): p50 {p50:.1f} ms, "
+              f"p99 {p99:.1f} ms — goal p99 < 50 ms: {_verdict(p99 < 50)}")  # fmt: skip
+        print(f"(c3) one 'no update' check: 1 request, {size:.0f} bytes (request + response, headers "
+              f"included) — goal <= 2 requests and <= 1 KB: {_verdict(size <= 1024)}")  # fmt: skip
     finally:
         server.terminate()
         server.wait(30)
@@ -313,8 +316,8 @@ def bench_delta(args: argparse.Namespace) -> None:
     figures = measure(size_mib=16, runs=1)
     share = 100 * figures["ratio"]
     print(f"(d) delta for a small change to a {figures['image_bytes'] / 1e6:.1f} MB squashfs: "
-          f"{figures['chosen_bytes']:,.0f} of {figures['full_compressed_bytes']:,.0f} bytes = {share:.3f} % of "
-          f"the full compressed image — goal <= 5 %: {'met' if share <= 5 else 'MISSED'}")  # fmt: skip
+          f"{figures['chosen_bytes']:,.0f} of {figures['full_compressed_bytes']:,.0f} bytes = "
+          f"{share:.3f} % of the full compressed image — goal <= 5 %: {_verdict(share <= 5)}")  # fmt: skip
 
 
 def bench_pause(root: Path, args: argparse.Namespace) -> None:
@@ -348,8 +351,9 @@ def bench_pause(root: Path, args: argparse.Namespace) -> None:
             runtime.campaigns.act(campaign.id, CampaignAction.ABORT, actor="bench")
         median = statistics.median(times) * 1000
         interval = Settings(data_dir=root).ota_evaluate_s
-        print(f"(t) error threshold breached -> campaign paused: median {median:.1f} ms (the breaching report "
-              f"pauses it) — goal <= one evaluation interval ({interval:.0f} s): {'met' if median / 1000 <= interval else 'MISSED'}")  # fmt: skip
+        print(f"(t) error threshold breached -> campaign paused: median {median:.1f} ms (the breaching "
+              f"report pauses it) — goal <= one evaluation interval ({interval:.0f} s): "
+              f"{_verdict(median / 1000 <= interval)}")  # fmt: skip
     finally:
         runtime.close()
 
@@ -374,9 +378,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if only & {"plan", "checkin"}:
             started = time.perf_counter()
             runtime, signers = _installation(root / "fleet", args.devices)
-            print(
-                f"    set-up: {args.devices:,} active devices, 2 releases in {time.perf_counter() - started:.0f} s"
-            )
+            took = time.perf_counter() - started
+            print(f"    set-up: {args.devices:,} active devices, 2 releases in {took:.0f} s")
             campaign_id = bench_plan(runtime, signers, args)
             if "checkin" in only:
                 bench_checkin(root / "fleet", runtime, campaign_id, args)

@@ -350,13 +350,12 @@ class CampaignService:
         director = self._repositories.director
         current = director.current(device_id)
         wanted = self._wanted(device_id, request, found, now)
+        # A retry offers what the device holds already: only a new version tells it to try again.
+        retried = bool(wanted) and found is not None and DeviceStep(found[0].step) in _RETRYABLE
         if wanted is not None and current is None and not wanted:
             pass  # nothing was ever served and nothing is wanted: no metadata for the device yet
         elif wanted is not None and (
-            current is None
-            or current.targets != tuple(wanted)
-            or current.renewal_due(now)
-            or (wanted and found[0].step in _RETRYABLE)  # a retry: the device holds these targets already
+            current is None or current.targets != tuple(wanted) or current.renewal_due(now) or retried
         ):
             current = director.assign(device_id, wanted)
         elif wanted is None and current is not None and current.renewal_due(now):

@@ -39,7 +39,7 @@ from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.firmware.service import FirmwareService
 from fleetguard.ota.delta import compressed_size, make_delta
-from fleetguard.ota.errors import ReleaseNotFound
+from fleetguard.ota.errors import MetadataInvalid, ReleaseNotFound
 from fleetguard.ota.repositories import OtaRepositories, hardware_role
 from fleetguard.ota.repository import Published, Staged, target_file_path
 from fleetguard.store.database import Database
@@ -166,7 +166,10 @@ class ReleaseService:
                 select(OtaReleaseRow).where(OtaReleaseRow.state == ReleaseState.STAGED)
             ).all()
             for row in rows:
-                targets = self._repositories.image.targets(hardware_role(row.hardware_id)).signed
+                try:
+                    targets = self._repositories.image.targets(hardware_role(row.hardware_id)).signed
+                except MetadataInvalid:
+                    continue  # the role's first version is still staged: nothing of it is served
                 if row.target_path in targets.targets:
                     row.state = ReleaseState.PUBLISHED
                     row.published_at = now

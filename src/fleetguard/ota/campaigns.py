@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from securesystemslib.signer import Signer
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Targets
 
@@ -95,6 +95,51 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DEFAULT_WINDOW = dt.timedelta(days=30)
 _INSERT_CHUNK = 5000
 _STATUS_REFRESH = dt.timedelta(hours=1)
+_POLICY_CACHE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Enrolment:
+    """A device's place in its unfinished campaign, as the check-in reads it (one row of ``_ENROLMENT``)."""
+
+    step: DeviceStep
+    wave: int
+    retry_at: dt.datetime | None
+    campaign_id: str
+    state: CampaignState
+    open_waves: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    hardware_id: str
+    release_id: str
+    version: int
+    policy: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> _Enrolment:
+        """Build it from a row of ``_ENROLMENT`` (the column order of the fields)."""
+        values = list(row)
+        values[0], values[4] = DeviceStep(values[0]), CampaignState(values[4])
+        return cls(*values)
+
+
+_ENROLMENT = (
+    select(
+        OtaCampaignDeviceRow.step, OtaCampaignDeviceRow.wave, OtaCampaignDeviceRow.retry_at,
+        OtaCampaignRow.id, OtaCampaignRow.state, OtaCampaignRow.open_waves, OtaCampaignRow.not_before,
+        OtaCampaignRow.not_after, OtaCampaignRow.hardware_id, OtaCampaignRow.release_id,
+        OtaCampaignRow.version, OtaCampaignRow.policy,
+    )
+    .join(OtaCampaignRow, OtaCampaignRow.id == OtaCampaignDeviceRow.campaign_id)
+    .where(
+        OtaCampaignDeviceRow.device_id == bindparam("device_id"),
+        OtaCampaignRow.state.in_([state.value for state in _UNFINISHED]),
+    )
+)  # fmt: skip
+_STATUS = select(
+    OtaDeviceStatusRow.hardware_id, OtaDeviceStatusRow.release, OtaDeviceStatusRow.release_counter,
+    OtaDeviceStatusRow.reported_at,
+).where(OtaDeviceStatusRow.device_id == bindparam("device_id"))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +192,7 @@ class CampaignService:
         self._releases = releases
         self._clock = clock
         self._on_commit = on_commit
+        self._policies: dict[tuple[str, int], RolloutPolicy] = {}
 
     # -- operators --------------------------------------------------------------------------------
 
@@ -338,20 +384,16 @@ class CampaignService:
         """Record what the device runs; offer, withdraw or renew its director metadata; reply."""
         now = self._clock()
         with self._database.reading() as session:
-            found = session.execute(
-                select(OtaCampaignDeviceRow, OtaCampaignRow)
-                .join(OtaCampaignRow, OtaCampaignRow.id == OtaCampaignDeviceRow.campaign_id)
-                .where(
-                    OtaCampaignDeviceRow.device_id == device_id, OtaCampaignRow.state.in_(list(_UNFINISHED))
-                )
-            ).first()
-            status = session.get(OtaDeviceStatusRow, device_id)
+            connection = session.connection()  # Core and prepared statements: this is the hot path
+            row = connection.execute(_ENROLMENT, {"device_id": device_id}).first()
+            status = connection.execute(_STATUS, {"device_id": device_id}).first()
+        found = None if row is None else _Enrolment.from_row(row)
         self._record_status(device_id, request, status, now)
         director = self._repositories.director
         current = director.current(device_id)
         wanted = self._wanted(device_id, request, found, now)
         # A retry offers what the device holds already: only a new version tells it to try again.
-        retried = bool(wanted) and found is not None and DeviceStep(found[0].step) in _RETRYABLE
+        retried = bool(wanted) and found is not None and found.step in _RETRYABLE
         if wanted is not None and current is None and not wanted:
             pass  # nothing was ever served and nothing is wanted: no metadata for the device yet
         elif wanted is not None and (
@@ -494,28 +536,49 @@ class CampaignService:
         return None
 
     def _wanted(
-        self, device_id: str, request: CheckIn, found: Any, now: dt.datetime
+        self, device_id: str, request: CheckIn, found: _Enrolment | None, now: dt.datetime
     ) -> list[DirectorTarget] | None:
         """Return what the director should list for the device now (None: leave it as it is)."""
         if found is None:
             return []
-        device_row, campaign_row = found
+        if found.step not in _IN_FLIGHT and not self._may_offer(found, now):
+            return [] if found.step is DeviceStep.PENDING else None  # "no update": no more queries
         state = self._inventory.states([device_id]).get(device_id)
-        step = DeviceStep(device_row.step)
-        if state is not State.ACTIVE or request.hardware_id != campaign_row.hardware_id:
-            return [] if step in (*_WITHDRAWABLE, DeviceStep.PENDING) else None
-        if step in _IN_FLIGHT:
-            return [self._director_target(campaign_row, request)]
-        if campaign_row.state != CampaignState.RUNNING:
-            return []
-        if not self._offer(device_id, campaign_row, now):
-            return [] if step is DeviceStep.PENDING else None
-        return [self._director_target(campaign_row, request)]
+        if state is not State.ACTIVE or request.hardware_id != found.hardware_id:
+            return [] if found.step in (*_WITHDRAWABLE, DeviceStep.PENDING) else None
+        if found.step in _IN_FLIGHT:
+            return [self._director_target(found, request)]
+        if not self._offer(device_id, found.campaign_id, now):
+            return [] if found.step is DeviceStep.PENDING else None
+        return [self._director_target(found, request)]
 
-    def _offer(self, device_id: str, campaign_row: OtaCampaignRow, now: dt.datetime) -> bool:
+    def _may_offer(self, found: _Enrolment, now: dt.datetime) -> bool:
+        """Whether an offer could be made now, judged from the rows read (``_offer`` decides, locked)."""
+        due = found.step is DeviceStep.PENDING or (
+            found.step in _RETRYABLE and found.retry_at is not None and found.retry_at <= now
+        )
+        return (
+            due
+            and found.state == CampaignState.RUNNING
+            and found.wave < found.open_waves
+            and found.not_before <= now < found.not_after
+            and self._policy(found.campaign_id, found.version, found.policy).in_window(now)
+        )
+
+    def _policy(self, campaign_id: str, version: int, stored: dict[str, Any]) -> RolloutPolicy:
+        """Return a campaign's policy, parsed once per stored version of the campaign row."""
+        key = (campaign_id, version)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) > _POLICY_CACHE:
+                self._policies.clear()
+            policy = self._policies[key] = policy_from_dict(stored)
+        return policy
+
+    def _offer(self, device_id: str, campaign_id: str, now: dt.datetime) -> bool:
         """Offer the release to a pending or retry-due device if the campaign allows it now."""
         with self._database.transaction() as session:
-            campaign = self._locked(session, campaign_row.id)
+            campaign = self._locked(session, campaign_id)
             row = session.get(OtaCampaignDeviceRow, (campaign.id, device_id))
             if row is None or campaign.state != CampaignState.RUNNING:
                 return False
@@ -540,8 +603,8 @@ class CampaignService:
             _store_progress(row, offered)
         return True
 
-    def _director_target(self, campaign_row: OtaCampaignRow, request: CheckIn) -> DirectorTarget:
-        release = self._releases.by_id(campaign_row.release_id)
+    def _director_target(self, found: _Enrolment, request: CheckIn) -> DirectorTarget:
+        release = self._releases.by_id(found.release_id)
         with self._database.reading() as session:
             delta = session.scalars(
                 select(OtaDeltaRow.target_path)
@@ -556,7 +619,7 @@ class CampaignService:
         return DirectorTarget(
             path=release.target_path, length=release.length, sha256=release.sha256,
             hardware_id=release.hardware_id, release_counter=release.release_counter,
-            campaign=campaign_row.id, delta_path=delta,
+            campaign=found.campaign_id, delta_path=delta,
         )  # fmt: skip
 
     def _installed_sha256(self, session: Session, hardware_id: str, request: CheckIn) -> str | None:
@@ -570,9 +633,7 @@ class CampaignService:
             )
         )
 
-    def _record_status(
-        self, device_id: str, request: CheckIn, status: OtaDeviceStatusRow | None, now: dt.datetime
-    ) -> None:
+    def _record_status(self, device_id: str, request: CheckIn, status: Any, now: dt.datetime) -> None:
         unchanged = (
             status is not None
             and (status.hardware_id, status.release, status.release_counter)

@@ -4,7 +4,8 @@ The TLS layer verified that the client holds the key of a certificate chaining t
 nothing else (:mod:`fleetguard.enroll.est_server`). Here a request is accepted only from a device's
 *operational* certificate issued by this installation: the leaf's serial must be recorded by the PKI
 with the same SHA-256, valid now and not revoked, and it names the device. A factory certificate, an
-expired or revoked one, gets 403 and nothing else.
+expired or revoked one, gets 403 and nothing else. A certificate found valid is trusted for
+:data:`_VERIFIED_FOR` (5 s) before the PKI is asked again: the check-in is the hot path of a fleet.
 
 Resources (paths in :mod:`fleetguard.ota.wire`):
 
@@ -47,6 +48,10 @@ from fleetguard.pki.service import CertificateService, CertificateStatus
 
 __all__ = ["DeviceForbidden", "OtaDeviceRoutes", "UpdateDesk"]
 
+_VERIFIED_FOR = dt.timedelta(seconds=5)
+"""How long a verified certificate is trusted without asking the PKI again: a revocation reaches the
+device desk within this time (the broker and firewall enforce it at once, see ``fleetguard.trust``)."""
+_VERIFIED_ENTRIES = 100_000
 _JSON = "application/json"
 _PROBLEM = "application/problem+json"
 _TARGET_PATH = re.compile(r"[A-Za-z0-9._+-]{1,128}(/[A-Za-z0-9._+-]{1,128}){0,4}")
@@ -89,6 +94,7 @@ class OtaDeviceRoutes:
         self._desk = desk
         self._pki = pki
         self._clock = clock
+        self._verified: dict[tuple[int, bytes], tuple[str, dt.datetime]] = {}
 
     def handle(
         self, method: str, path: str, body: bytes, client_chain: tuple[x509.Certificate, ...]
@@ -113,16 +119,24 @@ class OtaDeviceRoutes:
         if not chain:
             raise DeviceForbidden("OTA needs the device's client certificate")
         leaf = chain[0]
-        record = self._pki.find_certificate(leaf.serial_number)
         now = self._clock()
+        key = (leaf.serial_number, leaf.fingerprint(hashes.SHA256()))
+        cached = self._verified.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        record = self._pki.find_certificate(leaf.serial_number)
         if (
             record is None
             or record.device_id is None
-            or record.sha256 != leaf.fingerprint(hashes.SHA256())
+            or record.sha256 != key[1]
             or record.status is not CertificateStatus.VALID
             or not record.not_before <= now < record.not_after
         ):
+            self._verified.pop(key, None)
             raise DeviceForbidden("the client certificate is not a valid operational certificate here")
+        if len(self._verified) >= _VERIFIED_ENTRIES:
+            self._verified.clear()
+        self._verified[key] = (record.device_id, min(now + _VERIFIED_FOR, record.not_after))
         return record.device_id
 
     def _static(self, device_id: str, path: str) -> EstResponse | FileResponse:

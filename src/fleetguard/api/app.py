@@ -35,6 +35,7 @@ from fleetguard.api.routers import (
     firmware,
     health,
     inventory,
+    ota,
     pki,
     pki_public,
     segment,
@@ -52,11 +53,14 @@ __all__ = ["api_routes", "create_app", "create_app_from_env"]
 _DESCRIPTION = """\
 The fleetguard control plane: device inventory and lifecycle, PKI and enrollment, the zero-trust
 policy decision point (Cedar policies, decisions, trust signals), network segmentation (MUD →
-nftables), firmware analysis and the release gate, and the tamper-evident event log.
+nftables), firmware analysis and the release gate, signed OTA updates (releases, campaigns, patch
+compliance), and the tamper-evident event log. OTA operations that sign with offline private keys
+(publishing, approving, signing staged metadata, key rotation) are `fleetguard ota` commands only.
 
-Every route except `/healthz`, `/readyz`, `/metrics` and the relying parties' `/pki/...` (CA
-certificates, CRLs and OCSP: signed public data) needs an API token (`Authorization: Bearer fgt_...`)
-whose role grants the permission the operation names.
+Every route except `/healthz`, `/readyz`, `/metrics`, the relying parties' `/pki/...` (CA
+certificates, CRLs and OCSP) and the OTA image repository's `/ota/image/...` (signed public data)
+needs an API token (`Authorization: Bearer fgt_...`) whose role grants the permission the operation
+names.
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
@@ -74,6 +78,8 @@ _ROUTERS = (
     trust.router,
     segment.router,
     firmware.router,
+    ota.router,
+    ota.public_router,
 )
 
 

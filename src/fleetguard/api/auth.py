@@ -35,6 +35,9 @@ PUBLIC_PATHS = frozenset(
         "/pki/ca/{ca_id}/crl/{name}.crl",
         "/pki/ocsp",
         "/pki/ocsp/{request}",
+        # The OTA image repository: signed TUF metadata and the targets it names (routers/ota.py).
+        "/ota/image/metadata/{name}",
+        "/ota/image/targets/{hardware_id}/{directory}/{name}",
     }
 )
 """The only API routes that need no token (besides the OpenAPI document and /docs)."""

@@ -72,6 +72,8 @@ class Permission(enum.StrEnum):
     SEGMENT_WRITE = "segment:write"
     FIRMWARE_READ = "firmware:read"
     FIRMWARE_WRITE = "firmware:write"
+    OTA_READ = "ota:read"
+    OTA_WRITE = "ota:write"
 
 
 _OPERATOR = frozenset(
@@ -93,6 +95,8 @@ _OPERATOR = frozenset(
         Permission.SEGMENT_WRITE,
         Permission.FIRMWARE_READ,
         Permission.FIRMWARE_WRITE,
+        Permission.OTA_READ,
+        Permission.OTA_WRITE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -109,6 +113,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.POLICY_READ,
             Permission.SEGMENT_READ,
             Permission.FIRMWARE_READ,
+            Permission.OTA_READ,
         }
     ),
     Role.READ_ONLY: frozenset(
@@ -119,6 +124,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.POLICY_READ,
             Permission.SEGMENT_READ,
             Permission.FIRMWARE_READ,
+            Permission.OTA_READ,
         }
     ),
 }

@@ -31,6 +31,7 @@ _GROUPS = {
     "policy": "fleetguard.cli.policy",
     "segment": "fleetguard.cli.segment",
     "firmware": "fleetguard.cli.firmware",
+    "ota": "fleetguard.cli.ota",
 }
 # Root options that take a value, and so are not the command name.
 _VALUED = {"--data-dir", "--database-url"}

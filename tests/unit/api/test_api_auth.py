@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from conftest import Api
 
 _PLACEHOLDERS = {
+    "action": "start",
     "batch_id": "no-such-batch",
     "ca_id": "no-such-ca",
+    "campaign_id": "no-such-campaign",
     "device_id": "no-such-device",
     "manufacturer": "no-such-manufacturer",
     "model": "no-such-model",

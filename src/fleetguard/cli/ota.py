@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from tuf.api.metadata import Targets
 
 from fleetguard.api import schemas_ota as views
 from fleetguard.cli.context import cli_context, operator_actor
@@ -113,6 +114,11 @@ _DURATION = re.compile(r"(?:[0-9]{1,7}[smhdw])+")
 _DURATION_PART = re.compile(r"([0-9]{1,7})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
+
+
+_ONLINE_KEYS = frozenset(
+    {"image-snapshot", "image-timestamp", "director-targets", "director-snapshot", "director-timestamp"}
+)
 
 
 class Repository(enum.StrEnum):
@@ -502,39 +508,79 @@ def discard(ctx: typer.Context, role: RoleArgument, repository: RepositoryOption
 def rotate(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
     ctx: typer.Context,
     role: RoleArgument,
-    new_key: Annotated[list[Path], _public_keys("--new-key")],
     key: KeyFiles,
+    new_key: Annotated[list[Path] | None, _public_keys("--new-key")] = None,
     threshold: Annotated[int, typer.Option("--threshold", min=1, help="k of the new keys.")] = 1,
     repository: RepositoryOption = Repository.IMAGE,
     passphrase_file: PassphraseFile = None,
 ) -> None:
-    """Make ROLE trust exactly the --new-key keys with --threshold.
+    """Make ROLE trust new keys (TUF key rotation), for every role of both repositories.
 
-    root (either repository): a new root signed by a threshold of the old root keys AND of the new
-    ones (TUF spec 5.3.4); pass both sets as --key, or stage it and let others `ota sign root`.
-    hw-HW: the delegation is re-signed by the image targets keys; refused once HW has a release,
-    because its served metadata would no longer verify. Not supported: rotating the image targets
-    role, and the online roles (snapshot, timestamp, director targets), which need their repository
-    re-signed under the new keys in the same publication.
+    root: a new root signed by a threshold of the old root keys AND of the new ones (TUF spec
+    5.3.4); pass both sets as --key, or stage it and let others `ota sign root`.
+    targets (image) and hw-HW: the delegator (root, or the image targets role) trusts --new-key
+    with --threshold; when the new keys are among --key, the role's next version is signed with
+    them at once (else run `ota resign ROLE --key NEW...` once the delegator is published).
+    snapshot, timestamp (either repository) and targets (director): online keys. A new key is
+    generated in the data directory; --key are the root keys (their threshold, in this command);
+    the director's per-device metadata is re-signed. --new-key is not used.
     """
-    keys = _role_keys(new_key, threshold)
     signers = _signers(key, passphrase_file)
     with cli_context(ctx).runtime() as runtime:
         runtime.ota.require_initialized()
+        online = f"{repository}-{role}"
+        if online in _ONLINE_KEYS:
+            resigned = runtime.ota.rotate_online(online, signers)
+            typer.echo(f"{online} rotated: a new key signs; {resigned} devices' director metadata re-signed")
+            return
+        if not new_key:
+            raise SigningError(f"rotating {repository} {role} needs --new-key", hint="the new public keys")
+        keys = _role_keys(new_key, threshold)
         target = _repository(runtime, repository)
-        if role == "root":
-            outcome = target.update_root(lambda root: replace_role_keys(root, "root", keys), signers)
-        elif repository is Repository.IMAGE and role.startswith("hw-"):
-            _require_unreleased(runtime, role)
-            outcome = target.update_targets("targets", lambda t: replace_role_keys(t, role, keys), signers)
-        else:
-            raise SigningError(
-                f"rotating {repository} {role} is not supported",
-                hint="rotate root, or a hardware role before its first release",
-            )
+        outcome = _rotate_offline(target, role, keys, signers)
+        typer.echo(
+            f"{repository} {role} trusts {threshold} of {len(keys.keys)} new keys: {_outcome(outcome)}"
+        )
+        if role != "root" and isinstance(outcome, Published):
+            _resign_rotated(target, role, _only(signers, keys), threshold)
+
+
+def _rotate_offline(
+    target: TufRepository, role: str, keys: RoleKeys, signers: list[Signer]
+) -> Published | Staged:
+    """Make the delegator of ``role`` trust ``keys``, signed by the ``signers`` that are not new keys."""
+    new = {key.keyid for key in keys.keys}
+    delegators = signers if role == "root" else [s for s in signers if s.public_key.keyid not in new]
+    if role in ("root", "targets"):
+        return target.update_root(lambda root: replace_role_keys(root, role, keys), delegators)
+    if role.startswith("hw-"):
+        return target.update_targets("targets", lambda t: replace_role_keys(t, role, keys), delegators)
+    raise SigningError(f"{role!r} is not a role here", hint="root, targets, snapshot, timestamp or hw-HW")
+
+
+def _resign_rotated(target: TufRepository, role: str, signers: list[Signer], threshold: int) -> None:
+    """Sign the rotated role's next version with its new keys, if enough of them were given."""
+    if len(signers) < threshold:
+        typer.echo(f"now sign {role}'s next version with its new keys: fleetguard ota resign {role}")
+        return
     typer.echo(
-        f"{repository} {role} now trusts {threshold} of {len(keys.keys)} new keys: {_outcome(outcome)}"
+        f"{role} re-signed with its new keys: {_outcome(target.update_targets(role, _unchanged, signers))}"
     )
+
+
+@app.command("resign")
+def resign(
+    ctx: typer.Context, role: RoleArgument, key: KeyFiles, passphrase_file: PassphraseFile = None
+) -> None:
+    """Sign a new, unchanged version of ROLE (targets or hw-HW) with its keys, e.g. after a rotation."""
+    signers = _signers(key, passphrase_file)
+    with cli_context(ctx).runtime() as runtime:
+        runtime.ota.require_initialized()
+        typer.echo(_outcome(runtime.ota.image.update_targets(role, _unchanged, signers)))
+
+
+def _unchanged(targets: Targets) -> None:
+    """A new version with the same content: only the signatures (and version, expiry) change."""
 
 
 # -- campaigns -------------------------------------------------------------------------------
@@ -937,15 +983,6 @@ def _roles(runtime: Runtime) -> list[tuple[str, str, RoleKeys]]:
         for name, repository in _repositories(runtime)
         for role in ("root", "targets", "snapshot", "timestamp")
     ]
-
-
-def _require_unreleased(runtime: Runtime, role: str) -> None:
-    hardware_id = role.removeprefix("hw-")
-    if runtime.releases.releases(hardware_id):
-        raise SigningError(
-            f"{role} has releases; rotating its keys now would leave its served metadata unverifiable",
-            hint="add a new hardware id with new release keys instead",
-        )
 
 
 def _outcome(outcome: Published | Staged) -> str:

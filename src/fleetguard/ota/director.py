@@ -188,6 +188,19 @@ class Director:
             raise MetadataInvalid(f"{path} is not valid TUF metadata: {exc}") from exc
         return timestamp.signed.version
 
+    def resign_all(self) -> int:
+        """Publish a new version of every device's metadata with the same targets (after a key
+        rotation); return how many devices."""
+        if not self.devices_dir.exists():
+            return 0
+        count = 0
+        for entry in sorted(os.scandir(self.devices_dir), key=lambda e: e.name):
+            current = self.current(entry.name)
+            if current is not None:
+                self.assign(entry.name, current.targets)
+                count += 1
+        return count
+
     def device_file(self, device_id: str, name: str) -> Path:
         """Return the file that serves ``<device>/<name>`` (root versions come from the shared chain).
 

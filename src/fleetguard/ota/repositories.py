@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,14 @@ from securesystemslib.signer import Signer
 from fleetguard.ota.director import Director
 from fleetguard.ota.errors import OtaError, SigningError
 from fleetguard.ota.keys import generate_key_file, load_signer
-from fleetguard.ota.repository import Published, RoleKeys, Staged, TufRepository, add_delegation
+from fleetguard.ota.repository import (
+    Published,
+    RoleKeys,
+    Staged,
+    TufRepository,
+    add_delegation,
+    replace_role_keys,
+)
 
 __all__ = ["HARDWARE_ID", "OtaNotInitialized", "OtaRepositories", "hardware_role"]
 
@@ -128,6 +136,49 @@ class OtaRepositories:
             lambda targets: add_delegation(targets, role, keys, [f"{hardware_id}/*/*"]),
             targets_signers,
         )
+
+    def rotate_online(self, name: str, root_signers: Sequence[Signer]) -> int:
+        """Replace the online key ``name`` (``image-timestamp``, ...); return how many devices were re-signed.
+
+        The repository's root trusts the new key instead of the old one (a new root version, which
+        needs the root threshold in this one call: an online key cannot wait for signatures, since
+        nothing can be published between the two roots). Rotating a director key re-signs every
+        device's metadata (and, for its targets key, the top-level targets): the old signatures stop
+        verifying under the new root. Raises :class:`SigningError`.
+        """
+        self.require_initialized()
+        if name not in _ONLINE:
+            raise SigningError(f"{name!r} is not an online key; choose one of {', '.join(_ONLINE)}")
+        repository_name, role = name.split("-", 1)
+        fresh = self.keys_dir / f"{name}.next.pem"
+        fresh.unlink(missing_ok=True)  # left by an interrupted rotation: it was never trusted
+        generate_key_file(fresh)
+        signer = load_signer(fresh)
+        online = {key: self._online(key) for key in _ONLINE} | {name: signer}
+        repository = self._repository(repository_name, online)
+        outcome = repository.update_root(
+            lambda root: replace_role_keys(root, role, RoleKeys((signer.public_key,), 1)), root_signers
+        )
+        if not isinstance(outcome, Published):
+            repository.discard_staged("root")
+            fresh.unlink()
+            raise SigningError(
+                f"rotating {name} needs the {repository_name} root's threshold of keys in one command",
+                hint="pass every root key holder's --key",
+            )
+        os.replace(fresh, self.keys_dir / f"{name}.pem")
+        self.__dict__.pop(repository_name, None)  # the cached repository holds the old key
+        if repository_name != "director":
+            return 0
+        if role == "targets":
+            self.director.repository.update_targets("targets", lambda targets: None, [signer])
+        return self.director.resign_all()  # every device's metadata is signed by all three keys
+
+    def _repository(self, name: str, online: dict[str, Signer]) -> TufRepository:
+        return TufRepository(
+            self.base / name, snapshot_signer=online[f"{name}-snapshot"],
+            timestamp_signer=online[f"{name}-timestamp"], clock=self._clock,
+        )  # fmt: skip
 
     def refresh(self) -> bool:
         """Re-sign the image repository's snapshot and timestamp when due; return whether it did."""

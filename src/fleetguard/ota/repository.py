@@ -211,8 +211,41 @@ class TufRepository:
         if role not in self._current_versions():
             self._delegator(role)  # raises unless delegated: a new role's first version is 1
             return Targets(), 1
-        current = self.targets(role).signed
+        current = self._targets_for_update(role).signed
         return current, current.version + 1
+
+    def _targets_for_update(self, role: str) -> Metadata[Targets]:
+        """The current version of ``role``, verified by its delegator now or by an earlier version of it.
+
+        Right after its keys rotated (a new root, or a new version of the delegating targets), the
+        served version of a role still carries the old keys' signatures; its next version is what
+        the new keys sign. Earlier roots are the verified chain; an earlier targets version counts only
+        if some root of the chain verifies it. Anything that verifies under none of them is refused.
+        """
+        version = self._current_versions()[role]
+        metadata = self._read(f"{version}.{role}.json", Targets)
+        errors = []
+        for delegator in self._delegators(role):
+            try:
+                _verify(delegator, role, metadata)
+            except MetadataInvalid as exc:
+                errors.append(exc)
+                continue
+            return metadata
+        raise errors[0]
+
+    def _delegators(self, role: str) -> Iterator[Metadata[Any]]:
+        """The current delegator of ``role`` first, then its earlier versions, newest first."""
+        current = self._delegator(role)
+        yield current
+        roots = [self._read(f"{v}.root.json", Root) for v in range(self.root().signed.version, 0, -1)]
+        if role in TOP_LEVEL:
+            yield from roots[1:]  # the chain, verified by root() above
+            return
+        for version in range(current.signed.version - 1, 0, -1):
+            earlier = self._read(f"{version}.{TARGETS}.json", Targets)
+            if any(_verifies(root, TARGETS, earlier) for root in roots):
+                yield earlier  # an earlier targets version that no root trusted is no delegator
 
     def timestamp_version(self) -> int:
         """Return the version of the served timestamp."""
@@ -526,6 +559,14 @@ def _verify(delegator: Metadata[Any], role: str, metadata: Metadata[Any]) -> Non
         raise MetadataInvalid(f"{role} version {metadata.signed.version}: {exc}") from exc
     except (RepositoryError, ValueError) as exc:
         raise MetadataInvalid(f"{role}: {exc}") from exc
+
+
+def _verifies(delegator: Metadata[Any], role: str, metadata: Metadata[Any]) -> bool:
+    try:
+        _verify(delegator, role, metadata)
+    except MetadataInvalid:
+        return False
+    return True
 
 
 def _valid(metadata: Metadata[Any], keys: RoleKeys) -> int:

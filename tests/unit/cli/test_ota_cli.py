@@ -420,17 +420,49 @@ def test_rotate_director_root(ota: Cli, keys: Keys) -> None:
     assert (ota.data_dir / "ota" / "director" / "metadata" / "2.root.json").exists()
 
 
-def test_rotate_refuses_targets_and_a_hardware_role_with_releases(
+def test_rotate_targets_and_a_hardware_role_with_releases(
     ota: Cli, keys: Keys, images: dict[str, Path]
 ) -> None:
-    targets = ota("ota", "rotate", "targets", "--new-key", keys.public("t2"), "--key", keys.private("root"))
-    assert "rotating image targets is not supported" in _failed(targets)
     _publish(ota, keys, images["v1"], "1.0", 1, "r1", "r2")
-    hardware = ota(
-        "ota", "rotate", "hw-cam", "--new-key", keys.public("r3"), "--key", keys.private("targets")
-    )
-    assert "hw-cam has releases" in _failed(hardware)
+    targets = ota.ok(
+        "ota", "rotate", "targets", "--new-key", keys.public("t2"), "--key", keys.private("root"),
+        "--key", keys.private("t2"),
+    )  # fmt: skip
+    assert "image targets trusts 1 of 1 new keys: root version 2 published" in targets.stdout
+    assert "targets re-signed with its new keys: targets version 3 published" in targets.stdout
+    hardware = ota.ok(
+        "ota", "rotate", "hw-cam", "--new-key", keys.public("r3"), "--key", keys.private("t2"),
+        "--key", keys.private("r3"),
+    )  # fmt: skip
+    assert "hw-cam re-signed with its new keys" in hardware.stdout
     assert _list(ota, "ota", "staged") == []
+    (release,) = _publish(ota, keys, images["v2"], "2.0", 2, "r3")  # the new key alone publishes now
+    assert release["state"] == "published"
+    refused = ota("ota", "release", "publish", str(images["v1"]), "--hardware", "cam", "--release", "3.0",
+                  "--counter", "3", "--scan", "--key", keys.private("r1"))  # fmt: skip
+    assert "is not a release key of cam" in _failed(refused)  # the old key signs nothing now
+
+
+def test_rotate_targets_without_the_new_keys_asks_for_resign(ota: Cli, keys: Keys) -> None:
+    rotated = ota.ok(
+        "ota", "rotate", "targets", "--new-key", keys.public("t2"), "--key", keys.private("root")
+    )
+    assert "fleetguard ota resign targets" in rotated.stdout
+    assert (
+        "targets version 3 published"
+        in ota.ok("ota", "resign", "targets", "--key", keys.private("t2")).stdout
+    )
+
+
+def test_rotate_an_online_key(ota: Cli, keys: Keys) -> None:
+    before = (ota.data_dir / "ota" / "keys" / "image-timestamp.pem").read_bytes()
+    rotated = ota.ok("ota", "rotate", "timestamp", "--key", keys.private("root"))
+    assert "image-timestamp rotated" in rotated.stdout
+    assert (ota.data_dir / "ota" / "keys" / "image-timestamp.pem").read_bytes() != before
+    director = ota.ok(
+        "ota", "rotate", "targets", "--repository", "director", "--key", keys.private("director")
+    )
+    assert "director-targets rotated" in director.stdout
 
 
 def test_rotate_a_hardware_role_before_its_first_release(
@@ -454,7 +486,7 @@ def test_discard_drops_what_is_staged(ota: Cli, keys: Keys, images: dict[str, Pa
 # --- help ----------------------------------------------------------------------------------------
 
 
-def test_help_explains_the_key_model_and_what_rotation_leaves_out(cli: Cli) -> None:
+def test_help_explains_the_key_model_and_rotation(cli: Cli) -> None:
     text = " ".join(cli.ok("ota", "--help").stdout.split())
     for phrase in (
         "Offline keys",
@@ -466,4 +498,5 @@ def test_help_explains_the_key_model_and_what_rotation_leaves_out(cli: Cli) -> N
     ):
         assert phrase in text
     rotate = " ".join(cli.ok("ota", "rotate", "--help").stdout.split())
-    assert "Not supported" in rotate
+    assert "for every role of both repositories" in rotate
+    assert "online keys" in rotate

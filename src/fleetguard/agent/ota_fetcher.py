@@ -172,6 +172,7 @@ class HttpsFetcher(FetcherInterface):
     def _stream(self, url: str, limit: int) -> Iterator[bytes]:
         target = self._request_target(url)
         connection = self._connection()
+        response: http.client.HTTPResponse | None = None
         try:
             connection.request("GET", target, headers={"User-Agent": _USER_AGENT})
             response = connection.getresponse()
@@ -189,6 +190,8 @@ class HttpsFetcher(FetcherInterface):
         except (OSError, http.client.HTTPException) as exc:
             raise _download_error(target, exc) from exc
         finally:
+            if response is not None:
+                response.close()  # an HTTP/1.0 response holds the socket: a cut stream must end now
             connection.close()
 
     def _connection(self) -> http.client.HTTPConnection:

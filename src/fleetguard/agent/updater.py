@@ -363,11 +363,9 @@ class UpdateClient:
         verified = self.director_version()
         if not reply.update and not self._director_stale():
             return UpdateOutcome(UpdateResult.NO_UPDATE, verified, None, "the server has nothing new")
-        if reply.update and reply.director_version < verified:
-            raise UpdateRejected(
-                f"the server offers director metadata version {reply.director_version}, below the "
-                f"verified {verified} (rollback refused)"
-            )
+        # A reply naming a version below the verified one is only a hint: TUF decides. It refuses a
+        # rollback, and accepts a lower version after a key rotation that undoes a fast-forward
+        # attack (TUF spec 5.3.11), which refusing here would make impossible to recover from.
         entry = self._director_entry()
         version = self.director_version()
         if entry is None:

@@ -501,6 +501,12 @@ def discard(ctx: typer.Context, role: RoleArgument, repository: RepositoryOption
     with cli_context(ctx).runtime() as runtime:
         runtime.ota.require_initialized()
         _repository(runtime, repository).discard_staged(role)
+        if repository is Repository.IMAGE and role.startswith("hw-"):
+            hardware_id = role.removeprefix("hw-")
+            for release in runtime.releases.forget_staged(hardware_id):
+                typer.echo(f"release {release.release} of {hardware_id} was never published; forgotten")
+            for campaign_id in runtime.campaigns.forget_staged_approvals(hardware_id):
+                typer.echo(f"campaign {campaign_id} is a draft again: approve it again")
     typer.echo(f"discarded what was staged for {repository} {role}")
 
 

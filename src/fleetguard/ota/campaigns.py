@@ -221,6 +221,9 @@ class CampaignService:
         campaign_id = campaign_id or f"c-{secrets.token_hex(6)}"
         if not _ID.fullmatch(campaign_id):
             raise PlanInvalid(f"campaign id {campaign_id[:80]!r} must be letters, digits and . _ : -")
+        with self._database.reading() as session:
+            if session.get(OtaCampaignRow, campaign_id) is not None:
+                raise Conflict(f"campaign {campaign_id} exists already")
         now = self._clock()
         not_before = not_before or now
         not_after = not_after or not_before + _DEFAULT_WINDOW
@@ -326,6 +329,21 @@ class CampaignService:
             self._act(session, row, action, actor=actor, now=now, reason=reason or f"{action} by {actor}")
         publish_committed(self._on_commit)
         return self.get(campaign_id)
+
+    def forget_staged_approvals(self, hardware_id: str) -> list[str]:
+        """After the release role's staged version is discarded: drafts waiting on it wait no more."""
+        with self._database.transaction() as session:
+            drafts = session.scalars(
+                select(OtaCampaignRow).where(
+                    OtaCampaignRow.state == CampaignState.DRAFT,
+                    OtaCampaignRow.scope_ppm > 0,
+                    OtaCampaignRow.hardware_id == hardware_id,
+                )
+            ).all()
+            for row in drafts:
+                row.scope_ppm = 0
+                row.reason = "the staged approval was discarded; approve again"
+        return [row.id for row in drafts]
 
     def reconcile(self) -> list[str]:
         """Approve drafts whose staged scope signature has been completed; return their ids."""

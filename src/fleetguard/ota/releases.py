@@ -157,6 +157,24 @@ class ReleaseService:
         with self._database.reading() as session:
             return [_release(row) for row in session.scalars(query)]
 
+    def forget_staged(self, hardware_id: str) -> list[Release]:
+        """Drop the records of releases of ``hardware_id`` whose staged publication was discarded.
+
+        Their names and counters become free again; the image files stay (content-addressed).
+        """
+        with self._database.transaction() as session:
+            rows = session.scalars(
+                select(OtaReleaseRow).where(
+                    OtaReleaseRow.hardware_id == hardware_id, OtaReleaseRow.state == ReleaseState.STAGED
+                )
+            ).all()
+            dropped = [_release(row) for row in rows]
+            for row in rows:
+                session.delete(row)
+                self._event(session, row, "ota.release.discarded", self._clock())
+        publish_committed(self._on_commit)
+        return dropped
+
     def reconcile(self) -> list[Release]:
         """Mark staged releases whose targets are now signed as published; return them."""
         published = []

@@ -476,11 +476,14 @@ def test_rotate_a_hardware_role_before_its_first_release(
 def test_discard_drops_what_is_staged(ota: Cli, keys: Keys, images: dict[str, Path]) -> None:
     _publish(ota, keys, images["v1"], "1.0", 1, "r1")
     assert len(_list(ota, "ota", "staged")) == 1
-    ota.ok("ota", "discard", "hw-cam")
+    discarded = ota.ok("ota", "discard", "hw-cam")
+    assert "release 1.0 of cam was never published; forgotten" in discarded.stdout
     assert _list(ota, "ota", "staged") == []
     assert "nothing is staged for hw-cam" in _failed(
         ota("ota", "sign", "hw-cam", "--key", keys.private("r2"))
     )
+    (again,) = _publish(ota, keys, images["v1"], "1.0", 1, "r1", "r2")  # the name and counter are free
+    assert again["state"] == "published"
 
 
 # --- help ----------------------------------------------------------------------------------------

@@ -73,9 +73,7 @@ def _start(runtime: Runtime, host: str, port: int) -> EstServer | EstWorkers:
     workers = runtime.settings.est_workers
     server: EstServer | EstWorkers
     if workers > 1:
-        # OTA's device routes need the whole runtime; worker processes serve EST only.
-        _log.warning("EST served by %d worker processes: the OTA device routes are not served", workers)
-        server = EstWorkers(runtime, host=host, port=port, count=workers)
+        server = EstWorkers(runtime, host=host, port=port, count=workers)  # each serves OTA's routes too
     else:
         routes = OtaDeviceRoutes(runtime.ota, runtime.campaigns, pki, clock=utc_now)
         server = est_server(pki, runtime.enroll, host=host, port=port, device_routes=routes)

@@ -49,12 +49,18 @@ from fleetguard.enroll.flood import EnrollmentLimits, FloodGuard
 from fleetguard.enroll.service import EnrollmentService
 from fleetguard.errors import FleetguardError
 from fleetguard.events.log import EventLog
+from fleetguard.firmware.service import FirmwareService
 from fleetguard.installation import load_installation
 from fleetguard.inventory.service import Inventory
+from fleetguard.ota.campaigns import CampaignService
+from fleetguard.ota.device_api import OtaDeviceRoutes
+from fleetguard.ota.releases import ReleaseService
+from fleetguard.ota.repositories import OtaRepositories
 from fleetguard.pki.ca import ChainFormat
 from fleetguard.pki.renewal import Admission, AdmissionOutcome, Limiter
 from fleetguard.pki.service import CertificateService
 from fleetguard.store.database import open_database
+from fleetguard.types import utc_now
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -235,6 +241,24 @@ class _WorkerServices:
         self.enroll = EnrollmentService(
             self.database, log, inventory, self.pki, settings, on_commit=channel.committed, flood=flood
         )
+        # The OTA device desk shares the mTLS endpoint (fleetguard.ota.device_api): each worker serves
+        # check-ins and reports from its own services, as it serves EST.
+        repositories = OtaRepositories(settings.data_dir, clock=utc_now)
+        firmware = FirmwareService(
+            self.database,
+            log,
+            inventory,
+            data_dir=settings.data_dir,
+            clock=utc_now,
+            on_commit=channel.committed,
+        )
+        releases = ReleaseService(
+            self.database, log, repositories, firmware, clock=utc_now, on_commit=channel.committed
+        )
+        campaigns = CampaignService(
+            self.database, log, inventory, repositories, releases, clock=utc_now, on_commit=channel.committed
+        )
+        self.device_routes = OtaDeviceRoutes(repositories, campaigns, self.pki, clock=utc_now)
 
     def close(self) -> None:
         self.pki.keyring.close()
@@ -254,7 +278,10 @@ def _run_worker(spec: _WorkerSpec, listener: socket.socket, connection: Connecti
     try:
         services = _WorkerServices(spec.settings, channel)
         host, port = listener.getsockname()[:2]
-        server = est_server(services.pki, services.enroll, host=host, port=port, listener=listener)
+        server = est_server(
+            services.pki, services.enroll, host=host, port=port, listener=listener,
+            device_routes=services.device_routes,
+        )  # fmt: skip
         server.start()
     except Exception as exc:  # the boundary: the parent reports it, then this process exits 1
         channel.send(("failed", f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,1 @@
+"""Passive threat monitoring: ingestion, discovery, incremental features, detectors, alerts, response."""

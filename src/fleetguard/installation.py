@@ -30,6 +30,8 @@ from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
 from fleetguard.firmware.service import FirmwareService
 from fleetguard.inventory.service import Inventory
+from fleetguard.monitor.alerts import AlertService
+from fleetguard.monitor.response import InstallationResponder
 from fleetguard.ota.campaigns import CampaignService
 from fleetguard.ota.releases import ReleaseService
 from fleetguard.ota.repositories import OtaRepositories
@@ -158,6 +160,10 @@ class Runtime:
         self.segment = SegmentationService(
             self.database, self.log, self.inventory, nft=_nftables(settings), resolver=_resolver(settings),
             clock=utc_now, on_commit=self.relay.notify,
+        )  # fmt: skip
+        self.alerts = AlertService(
+            self.database, self.log, InstallationResponder(self.trust, self.inventory), clock=utc_now,
+            on_commit=self.relay.notify,
         )  # fmt: skip
         self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
         self.releases = ReleaseService(

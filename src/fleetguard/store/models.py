@@ -609,3 +609,57 @@ class OtaDeviceStatusRow(Base):
     release_counter: Mapped[int] = mapped_column(BigInteger)
     reported_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     committed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class MonitorAlertRow(Base):
+    """An alert of the monitor: what fired, about whom, its evidence and its triage state."""
+
+    __tablename__ = "monitor_alerts"
+    __table_args__ = (
+        Index("ix_monitor_alerts_dedup", "dedup_key", "state"),
+        Index("ix_monitor_alerts_device", "device_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(256))
+    rule: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    address: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    count: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    triaged_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    triage_note: Mapped[str] = mapped_column(Text)
+
+
+class MonitorBaselineRow(Base):
+    """A learned baseline (of a device or a device type), kept so that a restart keeps it."""
+
+    __tablename__ = "monitor_baselines"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class MonitorDiscoveredRow(Base):
+    """An address seen on the network that the inventory does not know, with its fingerprint."""
+
+    __tablename__ = "monitor_discovered"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    vendor: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    guessed_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    confidence: Mapped[int] = mapped_column(Integer)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -32,6 +32,7 @@ _GROUPS = {
     "segment": "fleetguard.cli.segment",
     "firmware": "fleetguard.cli.firmware",
     "ota": "fleetguard.cli.ota",
+    "monitor": "fleetguard.cli.monitor",
 }
 # Root options that take a value, and so are not the command name.
 _VALUED = {"--data-dir", "--database-url"}

@@ -45,12 +45,14 @@ def test_the_tree_has_every_command_group() -> None:
         "segment",
         "firmware",
         "ota",
+        "monitor",
     }
     assert ("devices", "import") in _PATHS
     assert ("events", "verify") in _PATHS
     assert ("policy", "apply") in _PATHS
     assert ("firmware", "gate", "check") in _PATHS
     assert ("ota", "campaign", "approve") in _PATHS
+    assert ("monitor", "alerts", "triage") in _PATHS
 
 
 @pytest.mark.parametrize("path", _PATHS, ids=lambda path: " ".join(path) or "fleetguard")

@@ -1,0 +1,99 @@
+"""``fleetguard monitor``: alerts and their triage, evaluation of the detectors on labelled traffic."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fleetguard.cli.context import cli_context, operator_actor
+from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG
+from fleetguard.cli.output import JsonFlag, format_time, print_fields, print_json, print_records
+from fleetguard.monitor.alerts import Alert, AlertState
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="monitor",
+    help="Passive threat monitoring: alerts with their evidence and triage (new, acknowledged, resolved, "
+    "false positive), and the detectors' evaluation on labelled captures.",
+    no_args_is_help=True,
+    epilog=EXIT_STATUS_EPILOG,
+)
+alerts_app = typer.Typer(name="alerts", help="Alerts: list, show, triage.", no_args_is_help=True)
+app.add_typer(alerts_app)
+
+AlertId = Annotated[str, typer.Argument(metavar="ALERT_ID", help="An alert id (from `monitor alerts list`).")]
+
+
+@alerts_app.command("list")
+def list_alerts(
+    ctx: typer.Context,
+    state: Annotated[AlertState | None, typer.Option("--state", help="Only alerts in this state.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Only alerts about this device.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List alerts, most recent first: severity, rule, device or address, count, why."""
+    with cli_context(ctx).runtime() as runtime:
+        alerts = runtime.alerts.alerts(state=state, device_id=device, limit=limit)
+    print_records(
+        [_record(alert) for alert in alerts],
+        [
+            ("id", "ID"),
+            ("severity", "SEVERITY"),
+            ("state", "STATE"),
+            ("rule", "RULE"),
+            ("subject", "DEVICE"),
+            ("count", "COUNT"),
+            ("last_seen", "LAST SEEN"),
+            ("reason", "WHY"),
+        ],
+        as_json=as_json,
+        empty="no alerts",
+    )
+
+
+@alerts_app.command("show")
+def show_alert(ctx: typer.Context, alert_id: AlertId, as_json: JsonFlag = False) -> None:
+    """Show one alert with its evidence (the flows, features or rule that fired, how far from baseline)."""
+    with cli_context(ctx).runtime() as runtime:
+        found = [a for a in runtime.alerts.alerts(limit=10_000) if a.id == alert_id]
+    if not found:
+        from fleetguard.errors import NotFound
+
+        raise NotFound(f"no alert {alert_id[:64]!r}", hint="fleetguard monitor alerts list")
+    record = _record(found[0]) | {"evidence": dict(found[0].evidence)}
+    if as_json:
+        print_json(record)
+        return
+    print_fields([(key, value) for key, value in record.items()])
+
+
+@alerts_app.command("triage")
+def triage(
+    ctx: typer.Context,
+    alert_id: AlertId,
+    state: Annotated[
+        AlertState, typer.Argument(metavar="STATE", help="acknowledged, resolved or false_positive.")
+    ],
+    note: Annotated[str, typer.Option("--note", help="Why (kept with the alert and in the event log).")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Move an alert in triage; the device's risk score follows its open alerts."""
+    with cli_context(ctx).runtime() as runtime:
+        alert = runtime.alerts.triage(alert_id, state, actor=operator_actor(), note=note)
+    if as_json:
+        print_json(_record(alert))
+        return
+    typer.echo(f"alert {alert.id} is {alert.state}")
+
+
+def _record(alert: Alert) -> dict[str, object]:
+    return {
+        "id": alert.id, "severity": str(alert.severity), "state": str(alert.state), "rule": alert.rule,
+        "detector": alert.detector, "device_id": alert.device_id, "address": alert.address,
+        "subject": alert.device_id or alert.address, "count": alert.count,
+        "first_seen": format_time(alert.first_seen), "last_seen": format_time(alert.last_seen),
+        "reason": alert.reason, "triaged_by": alert.triaged_by, "triage_note": alert.triage_note,
+    }  # fmt: skip

@@ -40,11 +40,16 @@ __all__ = [
     "MAX_BLOCK_LENGTH",
     "MAX_CAPTURE_BYTES",
     "MAX_SNAPLEN",
+    "PCAP_MAGIC",
     "DnsAnswer",
+    "Interface",
+    "LinkType",
     "Packet",
     "SkippedPacket",
     "parse_dns_answers",
+    "parse_interface",
     "read_capture",
+    "section_byte_order",
 ]
 
 # Limits. MAX_SNAPLEN is libpcap's MAXIMUM_SNAPLEN (pcap-int.h); a larger captured length is corrupt.
@@ -65,7 +70,7 @@ _MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a dateti
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # draft-ietf-opsawg-pcap section 4: the magic number fixes byte order and timestamp resolution.
-_PCAP_MAGIC = {
+PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1),
     b"\xa1\xb2\xc3\xd4": (">", 1),
     b"\x4d\x3c\xb2\xa1": ("<", 1000),  # nanosecond: divide by 1000 for microseconds
@@ -86,7 +91,7 @@ _TCP, _UDP, _ICMP, _ICMPV6 = 6, 17, 1, 58
 _DNS_PORT = 53
 
 
-class _LinkType(enum.IntEnum):
+class LinkType(enum.IntEnum):
     """The link types read here (tcpdump.org LINKTYPE_ values)."""
 
     ETHERNET = 1
@@ -203,7 +208,7 @@ def read_capture(
     magic = src.take(4, "file header")
     if magic == _SHB_BYTES:
         yield from _read_pcapng(src, max_packets)
-    elif magic in _PCAP_MAGIC:
+    elif magic in PCAP_MAGIC:
         yield from _read_pcap(src, magic, max_packets)
     else:
         raise CaptureInvalid(
@@ -228,7 +233,7 @@ def _timestamp(seconds: int, microseconds: int, offset: int) -> dt.datetime:
 def _read_pcap(src: _Source, magic: bytes, max_packets: int) -> Iterator[Decoded]:
     # draft-ietf-opsawg-pcap section 4: version, reserved x2, snaplen, link type (low 16 bits; the
     # high bits carry FCS information, which is not needed: IP lengths come from the IP header).
-    endian, divisor = _PCAP_MAGIC[magic]
+    endian, divisor = PCAP_MAGIC[magic]
     major, _minor, _res1, _res2, _snaplen, link = struct.unpack(
         endian + "HHIIII", src.take(20, "file header")
     )
@@ -252,9 +257,9 @@ def _read_pcap(src: _Source, magic: bytes, max_packets: int) -> Iterator[Decoded
         yield _decode(linktype, data, _timestamp(seconds, fraction // divisor, offset), length, offset)
 
 
-def _link_type(value: int, offset: int) -> _LinkType:
+def _link_type(value: int, offset: int) -> LinkType:
     try:
-        return _LinkType(value)
+        return LinkType(value)
     except ValueError:
         raise CaptureInvalid(
             f"offset {offset}: link type {value} is not supported",
@@ -263,10 +268,10 @@ def _link_type(value: int, offset: int) -> _LinkType:
 
 
 @dataclass(frozen=True, slots=True)
-class _Interface:
+class Interface:
     """A pcapng interface: its link type (None: unsupported), snaplen and timestamp units."""
 
-    linktype: _LinkType | None
+    linktype: LinkType | None
     snaplen: int
     units_per_second: int
     offset_seconds: int
@@ -279,14 +284,14 @@ class _Interface:
 def _read_pcapng(src: _Source, max_packets: int) -> Iterator[Decoded]:
     """Walk pcapng blocks (pcapng section 3.1: type, total length, body, total length again)."""
     endian = ""
-    interfaces: list[_Interface] = []
+    interfaces: list[Interface] = []
     count = 0
     head = _SHB_BYTES + src.take(8, "section header block")
     while True:
         offset = src.offset - 12
         raw_type, raw_length, third = head[:4], head[4:8], head[8:12]
         if raw_type == _SHB_BYTES:
-            endian = _section_byte_order(third, offset)
+            endian = section_byte_order(third, offset)
             interfaces = []
         elif not endian:
             raise CaptureInvalid(f"offset {offset}: block before the first section header")
@@ -306,7 +311,7 @@ def _read_pcapng(src: _Source, max_packets: int) -> Iterator[Decoded]:
         elif block_type == _IDB:
             if len(interfaces) >= MAX_INTERFACES:
                 raise CaptureInvalid(f"offset {offset}: more than {MAX_INTERFACES} interfaces")
-            interfaces.append(_interface(body, endian, offset))
+            interfaces.append(parse_interface(body, endian, offset))
         elif block_type in (_EPB, _SPB, _PB):
             count += 1
             if count > max_packets:
@@ -317,7 +322,8 @@ def _read_pcapng(src: _Source, max_packets: int) -> Iterator[Decoded]:
             return
 
 
-def _section_byte_order(magic: bytes, offset: int) -> str:
+def section_byte_order(magic: bytes, offset: int) -> str:
+    """Return the struct byte order ("<" or ">") of a pcapng section; raise CaptureInvalid on a bad magic."""
     if struct.unpack("<I", magic)[0] == _BYTE_ORDER_MAGIC:
         return "<"
     if struct.unpack(">I", magic)[0] == _BYTE_ORDER_MAGIC:
@@ -334,13 +340,14 @@ def _require_section_version(body: bytes, endian: str, offset: int) -> None:
         raise CaptureInvalid(f"offset {offset}: pcapng major version {major} is not 1")
 
 
-def _interface(body: bytes, endian: str, offset: int) -> _Interface:
+def parse_interface(body: bytes, endian: str, offset: int) -> Interface:
+    """Return the interface an IDB body describes; raise CaptureInvalid on a short block or bad option."""
     # pcapng section 4.2: link type (16), reserved (16), snaplen (32), options.
     if len(body) < 8:
         raise CaptureInvalid(f"offset {offset}: interface description block is too short")
     link, _reserved, snaplen = struct.unpack_from(endian + "HHI", body)
     try:
-        linktype: _LinkType | None = _LinkType(link)
+        linktype: LinkType | None = LinkType(link)
     except ValueError:
         linktype = None  # its packets are skipped, the rest of the file is still read
     units, shift = 1_000_000, 0
@@ -352,7 +359,7 @@ def _interface(body: bytes, endian: str, offset: int) -> _Interface:
             units = 2**exponent if value[0] & 0x80 else 10**exponent
         elif code == _OPT_IF_TSOFFSET and len(value) >= 8:
             shift = struct.unpack_from(endian + "q", value)[0]
-    return _Interface(linktype, snaplen, units, shift)
+    return Interface(linktype, snaplen, units, shift)
 
 
 def _options(body: bytes, start: int, endian: str, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -374,7 +381,7 @@ _PB_HEADER = struct.Struct("HHIIII")  # interface (16), drops (16), then as EPB
 
 
 def _packet_block(
-    block_type: int, body: bytes, endian: str, interfaces: list[_Interface], offset: int
+    block_type: int, body: bytes, endian: str, interfaces: list[Interface], offset: int
 ) -> Decoded:
     if len(body) < (4 if block_type == _SPB else 20):
         raise CaptureInvalid(f"offset {offset}: packet block is too short")
@@ -408,7 +415,7 @@ _SLL2 = struct.Struct("!HHIHBB8s")  # protocol, reserved, ifindex, ARPHRD, packe
 _ARPHRD_ETHER = 1
 
 
-def _decode(linktype: _LinkType, data: bytes, timestamp: dt.datetime, length: int, offset: int) -> Decoded:
+def _decode(linktype: LinkType, data: bytes, timestamp: dt.datetime, length: int, offset: int) -> Decoded:
     """Decode the link layer, then IP."""
     framing = _LINK_DECODERS[linktype](data)
     if isinstance(framing, str):
@@ -462,13 +469,13 @@ def _raw_ip(data: bytes, only: int | None) -> _Framing:
     return None, None, ETHERTYPE_IPV4 if version == 4 else ETHERTYPE_IPV6, 0
 
 
-_LINK_DECODERS: dict[_LinkType, Callable[[bytes], _Framing]] = {
-    _LinkType.ETHERNET: _ethernet,
-    _LinkType.RAW: functools.partial(_raw_ip, only=None),
-    _LinkType.IPV4: functools.partial(_raw_ip, only=4),
-    _LinkType.IPV6: functools.partial(_raw_ip, only=6),
-    _LinkType.LINUX_SLL: _linux_sll,
-    _LinkType.LINUX_SLL2: _linux_sll2,
+_LINK_DECODERS: dict[LinkType, Callable[[bytes], _Framing]] = {
+    LinkType.ETHERNET: _ethernet,
+    LinkType.RAW: functools.partial(_raw_ip, only=None),
+    LinkType.IPV4: functools.partial(_raw_ip, only=4),
+    LinkType.IPV6: functools.partial(_raw_ip, only=6),
+    LinkType.LINUX_SLL: _linux_sll,
+    LinkType.LINUX_SLL2: _linux_sll2,
 }
 
 _Link = tuple[dt.datetime, int, str | None, str | None, int]

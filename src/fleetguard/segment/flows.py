@@ -48,13 +48,17 @@ __all__ = [
     "DEFAULT_MAX_FLOWS",
     "DEFAULT_MAX_RECORDS",
     "MAX_LINE_LENGTH",
+    "ZEEK_REQUIRED_FIELDS",
     "HostAddress",
     "ObservedTraffic",
     "Resolution",
     "assemble_flows",
+    "bounded_number",
+    "normalized_address",
     "read_flows_jsonl",
     "read_zeek_conn_csv",
     "write_flows_jsonl",
+    "zeek_count",
 ]
 
 DEFAULT_MAX_FLOWS = 200_000  # about 100 MB of table in CPython
@@ -309,7 +313,7 @@ def _lines(
 
 
 # Zeek conn.log (https://docs.zeek.org/en/master/scripts/base/protocols/conn/main.zeek.html).
-_ZEEK_REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
+ZEEK_REQUIRED_FIELDS = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
 _ZEEK_PROTOCOLS = {"tcp": _TCP, "udp": _UDP, "icmp": _ICMP}
 # Zeek conn_state values for a TCP connection whose handshake completed.
 _ZEEK_ESTABLISHED = frozenset({"SF", "S1", "S2", "S3", "RSTO", "RSTR"})
@@ -335,7 +339,7 @@ def read_zeek_conn_csv(
     if header_line is None:
         raise CaptureInvalid("line 1: empty file; expected a Zeek conn.log CSV header")
     header = _csv_row(header_line)
-    missing = [name for name in _ZEEK_REQUIRED if name not in header]
+    missing = [name for name in ZEEK_REQUIRED_FIELDS if name not in header]
     if missing:
         raise CaptureInvalid(f"line {header_line[0]}: not a Zeek conn.log CSV header (missing {missing})")
     columns = {name: index for index, name in enumerate(header)}
@@ -364,15 +368,15 @@ def _zeek_flow(row: list[str], columns: dict[str, int]) -> Flow:
         index = columns.get(name)
         return "" if index is None else row[index]
 
-    source, destination = _address(field("id.orig_h")), _address(field("id.resp_h"))
+    source, destination = normalized_address(field("id.orig_h")), normalized_address(field("id.resp_h"))
     protocol = _ZEEK_PROTOCOLS.get(field("proto"))
     if protocol is None:
         raise ValueError(f"proto {field('proto')!r} is not tcp, udp or icmp")
     if protocol == _ICMP and ":" in source:
         protocol = _ICMPV6
     orig, resp = (
-        _number(field("id.orig_p"), 65535, "id.orig_p"),
-        _number(field("id.resp_p"), 65535, "id.resp_p"),
+        bounded_number(field("id.orig_p"), 65535, "id.orig_p"),
+        bounded_number(field("id.resp_p"), 65535, "id.resp_p"),
     )
     icmp = protocol in (_ICMP, _ICMPV6)
     if icmp and (orig > 255 or resp > 255):
@@ -386,28 +390,31 @@ def _zeek_flow(row: list[str], columns: dict[str, int]) -> Flow:
         destination_port=0 if icmp else resp,
         icmp_type=orig if icmp else None,
         icmp_code=resp if icmp else None,
-        packets=_count(field("orig_pkts"), "orig_pkts") + _count(field("resp_pkts"), "resp_pkts"),
-        octets=_count(field("orig_ip_bytes"), "orig_ip_bytes")
-        + _count(field("resp_ip_bytes"), "resp_ip_bytes"),
+        packets=zeek_count(field("orig_pkts"), "orig_pkts") + zeek_count(field("resp_pkts"), "resp_pkts"),
+        octets=zeek_count(field("orig_ip_bytes"), "orig_ip_bytes")
+        + zeek_count(field("resp_ip_bytes"), "resp_ip_bytes"),
         established=protocol == _TCP and field("conn_state") in _ZEEK_ESTABLISHED,
     )
 
 
-def _address(text: str) -> str:
+def normalized_address(text: str) -> str:
+    """Return an IP address's canonical text; raise ValueError when ``text`` is not one."""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise ValueError(f"{text!r} is not an IP address") from None
 
 
-def _number(text: str, maximum: int, name: str) -> int:
+def bounded_number(text: str, maximum: int, name: str) -> int:
+    """Return ``text`` (ASCII digits) as an integer in 0..``maximum``; raise ValueError naming ``name``."""
     if not text.isdigit() or not text.isascii() or len(text) > 19 or int(text) > maximum:
         raise ValueError(f"{name} {text!r} is not a number in 0..{maximum}")
     return int(text)
 
 
-def _count(text: str, name: str) -> int:
-    return 0 if text in ("", "-") else _number(text, _MAX_COUNT, name)
+def zeek_count(text: str, name: str) -> int:
+    """Return a Zeek count field (``-`` or empty: 0); raise ValueError as :func:`bounded_number` does."""
+    return 0 if text in ("", "-") else bounded_number(text, _MAX_COUNT, name)
 
 
 def _zeek_time(text: str) -> dt.datetime:
@@ -482,8 +489,8 @@ def _json_flow(text: str) -> Flow:
     source, destination = _text(record, "source"), _text(record, "destination")
     return Flow(
         start=when.astimezone(dt.UTC),
-        source=_address(source),
-        destination=_address(destination),
+        source=normalized_address(source),
+        destination=normalized_address(destination),
         protocol=_integer(record, "protocol", 255),
         source_port=_integer(record, "source_port", 65535, 0),
         destination_port=_integer(record, "destination_port", 65535, 0),

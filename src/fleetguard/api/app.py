@@ -35,6 +35,7 @@ from fleetguard.api.routers import (
     firmware,
     health,
     inventory,
+    monitor,
     ota,
     pki,
     pki_public,
@@ -80,6 +81,7 @@ _ROUTERS = (
     firmware.router,
     ota.router,
     ota.public_router,
+    monitor.router,
 )
 
 

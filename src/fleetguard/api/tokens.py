@@ -74,6 +74,8 @@ class Permission(enum.StrEnum):
     FIRMWARE_WRITE = "firmware:write"
     OTA_READ = "ota:read"
     OTA_WRITE = "ota:write"
+    MONITOR_READ = "monitor:read"
+    MONITOR_WRITE = "monitor:write"
 
 
 _OPERATOR = frozenset(
@@ -97,6 +99,8 @@ _OPERATOR = frozenset(
         Permission.FIRMWARE_WRITE,
         Permission.OTA_READ,
         Permission.OTA_WRITE,
+        Permission.MONITOR_READ,
+        Permission.MONITOR_WRITE,
     }
 )
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -114,6 +118,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SEGMENT_READ,
             Permission.FIRMWARE_READ,
             Permission.OTA_READ,
+            Permission.MONITOR_READ,
         }
     ),
     Role.READ_ONLY: frozenset(
@@ -125,6 +130,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SEGMENT_READ,
             Permission.FIRMWARE_READ,
             Permission.OTA_READ,
+            Permission.MONITOR_READ,
         }
     ),
 }

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 _PLACEHOLDERS = {
     "action": "start",
+    "alert_id": "no-such-alert",
     "batch_id": "no-such-batch",
     "ca_id": "no-such-ca",
     "campaign_id": "no-such-campaign",

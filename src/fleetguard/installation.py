@@ -32,6 +32,7 @@ from fleetguard.firmware.service import FirmwareService
 from fleetguard.inventory.service import Inventory
 from fleetguard.monitor.alerts import AlertService
 from fleetguard.monitor.response import InstallationResponder
+from fleetguard.monitor.service import MonitorService, owners_from_bindings
 from fleetguard.ota.campaigns import CampaignService
 from fleetguard.ota.releases import ReleaseService
 from fleetguard.ota.repositories import OtaRepositories
@@ -165,6 +166,9 @@ class Runtime:
             self.database, self.log, InstallationResponder(self.trust, self.inventory), clock=utc_now,
             on_commit=self.relay.notify,
         )  # fmt: skip
+        self.monitor = MonitorService(
+            self.database, self.alerts, lambda: owners_from_bindings(self.segment.bindings()), clock=utc_now
+        )
         self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
         self.releases = ReleaseService(
             self.database, self.log, self.ota, self.firmware, clock=utc_now, on_commit=self.relay.notify

@@ -34,6 +34,7 @@ from fleetguard.errors import Conflict, InvalidInput, NotFound
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
+from fleetguard.monitor.rules import Severity
 from fleetguard.store.database import Database
 from fleetguard.store.models import MonitorAlertRow
 
@@ -54,15 +55,6 @@ _log = logging.getLogger(__name__)
 _MAX_EVIDENCE = 8192
 _MAX_REASON = 2000
 _MAX_NOTE = 1000
-
-
-class Severity(enum.StrEnum):
-    """How bad an alert is."""
-
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
 
 
 _RISK = {Severity.LOW: 5, Severity.MEDIUM: 15, Severity.HIGH: 35, Severity.CRITICAL: 60}

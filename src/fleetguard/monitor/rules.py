@@ -88,6 +88,7 @@ class RuleId(StrEnum):
     BRUTEFORCE_SSH = "bruteforce.ssh"
     BRUTEFORCE_TELNET = "bruteforce.telnet"
     BRUTEFORCE_MQTT = "bruteforce.mqtt"
+    BRUTEFORCE_SERVICE = "bruteforce.service"
     VOLUME_DEVICE = "volume.device"
     VOLUME_TYPE = "volume.type"
     BEACONING = "beaconing"
@@ -101,7 +102,12 @@ BRUTE_FORCE_PORTS: Final[Mapping[int, RuleId]] = {
     2323: RuleId.BRUTEFORCE_TELNET,
     1883: RuleId.BRUTEFORCE_MQTT,
     8883: RuleId.BRUTEFORCE_MQTT,
+    # Other services with a login that IoT malware and attackers guess at: FTP, POP3, IMAP, SMB,
+    # VMware authd, MSSQL, MySQL, RDP, PostgreSQL, VNC.
+    **dict.fromkeys((21, 110, 143, 445, 902, 1433, 3306, 3389, 5432, 5900), RuleId.BRUTEFORCE_SERVICE),
 }
+# Infrastructure that is periodic by design, never a beacon: DNS, DHCP, NTP, mDNS, SSDP.
+_PERIODIC_SERVICES: Final = frozenset({53, 67, 68, 123, 5353, 1900})
 # Zeek conn_state values of connections that did not complete normally (Zeek base/protocols/conn/main.zeek):
 # REJ rejected, S0 no reply, RSTO/RSTR reset after establishment, RSTOS0/RSTRH reset without one,
 # SH/SHR half-open closes, OTH no SYN seen.
@@ -447,6 +453,8 @@ class BeaconDetector:
 
     def _add(self, flow: FlowRecord) -> None:
         self._clock = max(self._clock, flow.start)
+        if flow.proto == "udp" and {flow.sport, flow.dport} & _PERIODIC_SERVICES:
+            return  # DHCP leases, NTP, DNS and discovery are periodic by design
         key = (flow.src, flow.dst, flow.proto, flow.dport)
         channel = self._channels.get(key)
         if channel is None:

@@ -1,0 +1,152 @@
+"""The monitor of an installation: flows and packets in, detectors run, alerts raised about devices.
+
+Theory of operation. :meth:`MonitorService.ingest_flows` feeds flow records (Zeek conn.log, NetFlow,
+IPFIX, or flows assembled from a capture) in time order to the rule detectors (port scan, host sweep,
+brute force, beaconing: :mod:`fleetguard.monitor.rules`), whose state persists across calls, so a
+collector that delivers batches sees one continuous network. Each finding becomes an alert
+(:mod:`fleetguard.monitor.alerts`) about the device that owns the finding's address, by the
+segmentation bindings (the only place the fleet records device addresses), or about the bare address
+when no device owns it. :meth:`ingest_packets` does the same for packet batches (SYN scans, found
+vectorized). Baselines are stored as JSON per device so that a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
+from fleetguard.monitor.baseline import Baseline
+from fleetguard.monitor.flows import flows_from_packets
+from fleetguard.monitor.model import FlowRecord, PacketColumns, Skipped
+from fleetguard.monitor.rules import (
+    BeaconDetector,
+    BruteForceDetector,
+    Finding,
+    HostSweepDetector,
+    PortScanDetector,
+    WindowThresholds,
+    detect_port_scans_in_packets,
+)
+from fleetguard.store.database import Database
+from fleetguard.store.models import MonitorBaselineRow
+
+__all__ = ["AddressBook", "IngestReport", "MonitorService"]
+
+_BASELINE = "flows"
+
+AddressBook = Callable[[], Mapping[str, str]]
+"""Returns the fleet's known addresses: address text → device id."""
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What one ingestion found and raised."""
+
+    records: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    suppressed: int = 0
+    skipped: Skipped = field(default_factory=Skipped)
+
+
+class MonitorService:
+    """Detectors with their state, and the alerts they raise (see the module docstring)."""
+
+    def __init__(
+        self,
+        database: Database,
+        alerts: AlertService,
+        addresses: AddressBook,
+        *,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._database = database
+        self._alerts = alerts
+        self._addresses = addresses
+        self._clock = clock
+        self._detectors = (PortScanDetector(), HostSweepDetector(), BruteForceDetector(), BeaconDetector())
+
+    def ingest_flows(self, flows: Iterable[FlowRecord], *, skipped: Skipped | None = None) -> IngestReport:
+        """Run the flow detectors over ``flows`` (sorted by start here); raise their alerts."""
+        ordered = sorted(flows, key=lambda flow: flow.start)
+        report = IngestReport(records=len(ordered), skipped=skipped or Skipped())
+        for detector in self._detectors:
+            report.findings.extend(detector.observe(ordered))
+            if ordered:
+                detector.advance(dt.datetime.fromtimestamp(ordered[-1].start, dt.UTC))
+        self._raise(report)
+        return report
+
+    def ingest_packets(self, packets: PacketColumns, *, skipped: Skipped | None = None) -> IngestReport:
+        """Run the flow detectors over the batch's flows, and the SYN-scan detector over its packets."""
+        report = self.ingest_flows(flows_from_packets(packets), skipped=skipped)
+        report.records = len(packets)
+        scans = detect_port_scans_in_packets(packets, WindowThresholds(60.0, 20))
+        known = {(f.rule, f.device, f.target) for f in report.findings}
+        extra = IngestReport(findings=[f for f in scans if (f.rule, f.device, f.target) not in known])
+        self._raise(extra)
+        report.findings.extend(extra.findings)
+        report.alerts.extend(extra.alerts)
+        report.suppressed += extra.suppressed
+        return report
+
+    def save_baseline(self, baseline: Baseline) -> None:
+        """Store a device's or type's baseline (replacing the previous one)."""
+        now = self._clock()
+        data = json.loads(baseline.to_json())
+        with self._database.transaction() as session:
+            row = session.get(MonitorBaselineRow, (baseline.subject, _BASELINE))
+            if row is None:
+                session.add(
+                    MonitorBaselineRow(
+                        scope=baseline.subject, kind=_BASELINE, data=baseline.to_json(), updated_at=now
+                    )
+                )
+            else:
+                row.data, row.updated_at = data, now
+
+    def baselines(self) -> list[Baseline]:
+        """Return every stored baseline (strictly parsed: a corrupt one raises ``BaselineInvalid``)."""
+        with self._database.reading() as session:
+            rows = session.scalars(
+                select(MonitorBaselineRow).where(MonitorBaselineRow.kind == _BASELINE)
+            ).all()
+        return [Baseline.from_json(json.dumps(row.data)) for row in rows]
+
+    def _raise(self, report: IngestReport) -> None:
+        owners = self._addresses()
+        before = self._alerts.suppressed
+        for finding in report.findings:
+            alert = self._alerts.raise_alert(_alert_input(finding, owners))
+            if alert is not None:
+                report.alerts.append(alert)
+        report.suppressed = self._alerts.suppressed - before
+
+
+def _alert_input(finding: Finding, owners: Mapping[str, str]) -> AlertInput:
+    return AlertInput(
+        rule=str(finding.rule), detector="rules", severity=finding.severity, address=finding.device,
+        reason=finding.reason, at=finding.last, device_id=owners.get(finding.device),
+        target=finding.target or "",
+        evidence={
+            "value": finding.value, "threshold": finding.threshold, "first": finding.first.isoformat(),
+            "last": finding.last.isoformat(), "flows": [str(flow) for flow in finding.evidence],
+        },
+    )  # fmt: skip
+
+
+def owners_from_bindings(bindings: Sequence[object]) -> dict[str, str]:
+    """Map every bound address to its device (``fleetguard.segment.service.Binding`` values)."""
+    owners: dict[str, str] = {}
+    for binding in bindings:
+        device_id = getattr(binding, "device_id", None)
+        for attribute in ("ipv4", "ipv6"):
+            address = getattr(binding, attribute, None)
+            if device_id is not None and address is not None:
+                owners[str(address)] = str(device_id)
+    return owners

@@ -1,0 +1,103 @@
+"""Flows assembled from packets, and the monitor service raising alerts about the owning devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetguard.config import Settings
+from fleetguard.installation import Runtime, initialize
+from fleetguard.inventory.model import DeviceSpec
+from fleetguard.monitor.flows import flows_from_packets
+from fleetguard.monitor.model import FlowRecord, PacketColumns, address_key
+from fleetguard.monitor.service import MonitorService, owners_from_bindings
+
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
+A, B = "10.0.0.5", "10.0.0.9"
+
+
+def _packets(rows: list[tuple[float, str, str, int, int, int, int]]) -> PacketColumns:
+    """rows: (ts, src, dst, sport, dport, length, tcp flags), all TCP."""
+    n = len(rows)
+    return PacketColumns(
+        ts=np.array([r[0] for r in rows], np.float64),
+        src=np.array([address_key(r[1]) for r in rows], np.uint64),
+        dst=np.array([address_key(r[2]) for r in rows], np.uint64),
+        sport=np.array([r[3] for r in rows], np.uint16), dport=np.array([r[4] for r in rows], np.uint16),
+        proto=np.full(n, 6, np.uint8), length=np.array([r[5] for r in rows], np.uint32),
+        tcp_flags=np.array([r[6] for r in rows], np.uint8), src_mac=np.zeros(n, np.uint64),
+        addresses={address_key(A): A, address_key(B): B},
+    )  # fmt: skip
+
+
+def test_a_handshake_and_its_replies_are_one_flow_with_both_sides() -> None:
+    flows = flows_from_packets(_packets([
+        (1.0, A, B, 40000, 22, 60, SYN), (1.1, B, A, 22, 40000, 60, SYN | ACK),
+        (1.2, A, B, 40000, 22, 52, ACK),
+        (1.5, A, B, 40000, 22, 100, FIN | ACK), (1.6, B, A, 22, 40000, 52, FIN | ACK),
+    ]))  # fmt: skip
+    assert flows == [
+        FlowRecord(start=1.0, duration=pytest.approx(0.6), src=A, dst=B, sport=40000, dport=22, proto="tcp",
+                   src_bytes=212, dst_bytes=112, src_packets=3, dst_packets=2, state="SF", source="pcap")
+    ]  # fmt: skip
+
+
+def test_unanswered_and_refused_connections_get_their_states() -> None:
+    flows = flows_from_packets(_packets([
+        (1.0, A, B, 40001, 23, 60, SYN),
+        (2.0, A, B, 40002, 23, 60, SYN), (2.1, B, A, 23, 40002, 54, RST | ACK),
+    ]))  # fmt: skip
+    assert [(f.sport, f.state, f.dst_packets) for f in flows] == [(40001, "S0", 0), (40002, "REJ", 1)]
+
+
+def test_an_idle_gap_splits_a_flow_and_an_empty_batch_has_none() -> None:
+    flows = flows_from_packets(
+        _packets([(1.0, A, B, 5000, 53, 80, 0), (100.0, A, B, 5000, 53, 80, 0)]), idle_s=60.0
+    )
+    assert [f.start for f in flows] == [1.0, 100.0]
+    assert flows_from_packets(PacketColumns.empty()) == []
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    settings = Settings(data_dir=tmp_path / "data")
+    initialize(settings, "example.org", now=T0)
+    runtime = Runtime(settings)
+    runtime.inventory.register(DeviceSpec(id="cam-1", serial="cam-1", manufacturer="Acme"), actor="t")
+    yield runtime
+    runtime.close()
+
+
+def test_a_telnet_brute_force_becomes_an_alert_about_the_owning_device(runtime: Runtime) -> None:
+    monitor = MonitorService(runtime.database, runtime.alerts, lambda: {A: "cam-1"}, clock=lambda: T0)
+    attempts = [
+        FlowRecord(start=1000.0 + i, duration=0.5, src=A, dst=B, sport=40000 + i, dport=23, proto="tcp",
+                   src_bytes=120, dst_bytes=80, src_packets=3, dst_packets=2, state="SF")
+        for i in range(12)
+    ]  # fmt: skip
+    report = monitor.ingest_flows(reversed(attempts))
+    assert report.records == 12
+    assert [f.rule for f in report.findings] == ["bruteforce.telnet"]
+    (alert,) = report.alerts
+    assert (alert.device_id, alert.address, alert.rule, alert.severity) == (
+        "cam-1",
+        A,
+        "bruteforce.telnet",
+        "high",
+    )
+    assert alert.evidence["threshold"] == 10
+    assert runtime.trust.facts("cam-1").risk == 35
+
+
+def test_addresses_come_from_the_segmentation_bindings() -> None:
+    class Binding:
+        def __init__(self, device_id: str, ipv4: str | None, ipv6: str | None) -> None:
+            self.device_id, self.ipv4, self.ipv6 = device_id, ipv4, ipv6
+
+    owners = owners_from_bindings([Binding("cam-1", A, "fd00::5"), Binding("cam-2", None, None)])
+    assert owners == {A: "cam-1", "fd00::5": "cam-1"}

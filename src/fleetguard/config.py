@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     # windows, completion) and re-signs the image repository's timestamp when due, every
     # ota_evaluate_s; a device report that breaches a threshold is acted on at once.
     ota_evaluate_s: float = Field(default=10.0, ge=0.05, le=3600.0)
+    # Monitoring: `up` collects NetFlow v5/v9 and IPFIX over UDP on netflow_port (0: off) from the
+    # exporters listed in netflow_exporters (comma-separated addresses; UDP sources can be forged,
+    # so the list is required and exporters belong on a filtered management network), and runs the
+    # detectors over the flows. monitor_quarantine_at (1..100) quarantines a device whose risk from
+    # open alerts reaches it; unset, alerts only raise the risk that zero trust decides with.
+    netflow_host: str = "0.0.0.0"  # noqa: S104 - exporters reach it on the management network
+    netflow_port: int = Field(default=0, ge=0, le=65535)
+    netflow_exporters: str = ""
+    monitor_quarantine_at: int | None = Field(default=None, ge=1, le=100)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

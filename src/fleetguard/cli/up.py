@@ -33,6 +33,7 @@ from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
+from fleetguard.monitor.endpoint import open_flow_collector
 from fleetguard.segment.endpoint import open_segment_endpoint
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
     nftables ruleset, keeps MUD DNS names current, reports violations and quarantines at the
     firewall what the trust policies cut off. Serves the OTA repositories under /ota/ (and devices'
     check-ins on the EST port) and evaluates rollout campaigns every FLEETGUARD_OTA_EVALUATE_S.
-    Prints where the API, its documentation, EST and MQTT are. Fails
+    With FLEETGUARD_NETFLOW_PORT it collects NetFlow/IPFIX from FLEETGUARD_NETFLOW_EXPORTERS and
+    raises alerts from the flows. Prints where the API, its documentation, EST and MQTT are. Fails
     (exit 1) if the API port is taken; EST and MQTT that cannot start are reported, not fatal.
     """
     context = cli_context(ctx)
@@ -88,12 +90,14 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
             )
             if mqtt.evaluator is None:
                 segment.evaluate_alone(runtime)
+            flows = open_flow_collector(runtime)
             _print_banner(
                 context,
                 listener,
                 est_line=est.url or est.reason or "",
                 mqtt_line=mqtt.url or mqtt.reason or "",
                 segment_line=segment.summary,
+                monitor_line=flows.summary,
             )
             checkpointer.start()
             renewals.start()
@@ -102,6 +106,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                flows.stop()
                 mqtt.stop()
                 segment.stop()
                 est.stop()
@@ -188,7 +193,13 @@ def _stop_on_signals(server: "uvicorn.Server") -> Iterator[None]:
 
 
 def _print_banner(
-    context: CliContext, listener: socket.socket, *, est_line: str, mqtt_line: str, segment_line: str
+    context: CliContext,
+    listener: socket.socket,
+    *,
+    est_line: str,
+    mqtt_line: str,
+    segment_line: str,
+    monitor_line: str = "",
 ) -> None:
     host, port = listener.getsockname()[:2]
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -204,6 +215,7 @@ def _print_banner(
         ("EST enrollment", est_line),
         ("MQTT broker", mqtt_line),
         ("segmentation", segment_line),
+        ("monitoring", monitor_line),
         ("data dir", str(settings.data_dir.resolve())),
         ("database", masked_url(settings.resolved_database_url)),
         ("event bus", masked_url(settings.bus_url)),

@@ -167,8 +167,9 @@ class Runtime:
             on_commit=self.relay.notify,
         )  # fmt: skip
         self.monitor = MonitorService(
-            self.database, self.alerts, lambda: owners_from_bindings(self.segment.bindings()), clock=utc_now
-        )
+            self.database, self.log, self.alerts, lambda: owners_from_bindings(self.segment.bindings()),
+            clock=utc_now, on_commit=self.relay.notify,
+        )  # fmt: skip
         self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
         self.releases = ReleaseService(
             self.database, self.log, self.ota, self.firmware, clock=utc_now, on_commit=self.relay.notify

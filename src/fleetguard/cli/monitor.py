@@ -147,3 +147,146 @@ def ingest(
     )
     for finding in report.findings[:20]:
         typer.echo(f"  {finding.severity:8} {finding.rule:22} {finding.reason}")
+
+
+_PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")
+
+
+@app.command("discover")
+def discover(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, help="The capture or log.")
+    ],
+    input_format: Annotated[InputFormat, typer.Option("--format", help="pcap or zeek.")] = InputFormat.PCAP,
+    network: Annotated[
+        list[str] | None,
+        typer.Option("--network", metavar="CIDR", help="Local networks (default: the private ranges)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find addresses the fleet does not know in a capture or conn.log, fingerprint them (MAC OUI from
+    Debian's ieee-data, DHCP, DNS, TLS SNI, port profile), and store them for an operator to adopt or
+    reject."""
+    import ipaddress
+
+    from fleetguard.monitor.discovery import OuiTable, discover_devices
+
+    networks = [ipaddress.ip_network(text, strict=False) for text in (network or _PRIVATE_NETWORKS)]
+    with cli_context(ctx).runtime() as runtime:
+        known = {str(b.ipv4) for b in runtime.segment.bindings() if b.ipv4} | {
+            str(b.ipv6) for b in runtime.segment.bindings() if b.ipv6
+        }
+        known |= {row.address for row in runtime.monitor.discovered() if row.state != "discovered"}
+        oui = OuiTable.load()
+        if input_format is InputFormat.PCAP:
+            from fleetguard.monitor.packets import read_packets
+
+            packets, _ = read_packets(path)
+            found = discover_devices(known=known, local_networks=networks, oui=oui, packets=[packets])
+        else:
+            from fleetguard.monitor.zeek import read_flows
+
+            flows, _ = read_flows(path)
+            found = discover_devices(known=known, local_networks=networks, oui=oui, flows=flows)
+        new = runtime.monitor.record_discovered(found)
+    records = [
+        {
+            "address": d.address, "mac": d.mac, "vendor": d.fingerprint.vendor,
+            "guessed_type": str(d.fingerprint.guessed_type), "confidence": round(d.fingerprint.confidence, 2),
+            "reasons": list(d.fingerprint.reasons),
+        }
+        for d in found.devices
+    ]  # fmt: skip
+    if as_json:
+        print_json({"new": new, "devices": records, "oui": oui.reason or "loaded"})
+        return
+    typer.echo(f"{len(records)} unknown addresses ({new} new){'' if not oui.reason else f'; {oui.reason}'}")
+    print_records(
+        records,
+        [
+            ("address", "ADDRESS"),
+            ("mac", "MAC"),
+            ("vendor", "VENDOR"),
+            ("guessed_type", "TYPE"),
+            ("confidence", "CONFIDENCE"),
+        ],
+        as_json=False,
+        empty="no unknown addresses",
+    )
+
+
+@app.command("discovered")
+def discovered(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option("--state", help="discovered, adopted or rejected.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List discovered addresses and the operators' decisions."""
+    from fleetguard.monitor.service import DiscoveryState
+
+    with cli_context(ctx).runtime() as runtime:
+        rows = runtime.monitor.discovered(DiscoveryState(state) if state else None)
+    print_records(
+        [
+            {
+                "address": r.address,
+                "mac": r.mac,
+                "vendor": r.vendor,
+                "guessed_type": r.guessed_type,
+                "confidence": r.confidence,
+                "state": r.state,
+                "last_seen": format_time(r.last_seen),
+            }
+            for r in rows
+        ],
+        [
+            ("address", "ADDRESS"),
+            ("state", "STATE"),
+            ("vendor", "VENDOR"),
+            ("guessed_type", "TYPE"),
+            ("last_seen", "LAST SEEN"),
+        ],
+        as_json=as_json,
+        empty="nothing discovered",
+    )
+
+
+@app.command("adopt")
+def adopt(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", help="A discovered address.")],
+    device_id: Annotated[str, typer.Option("--id", help="The id of the new inventory device.")],
+    manufacturer: Annotated[str | None, typer.Option(help="Default: the fingerprint's vendor.")] = None,
+) -> None:
+    """Adopt a discovered address: register it as a device (bound to the address for segmentation and
+    monitoring)."""
+    from fleetguard.inventory.model import DeviceSpec
+    from fleetguard.monitor.service import DiscoveryState
+
+    actor = operator_actor()
+    with cli_context(ctx).runtime() as runtime:
+        row = runtime.monitor.decide(address, DiscoveryState.ADOPTED, actor=actor)
+        spec = DeviceSpec(
+            id=device_id, serial=row.mac or address, manufacturer=manufacturer or row.vendor or "unknown",
+            model=row.guessed_type or "",
+        )  # fmt: skip
+        runtime.inventory.register(spec, actor=actor, reason=f"adopted from discovery ({address})")
+        v6 = ":" in address
+        runtime.segment.bind(
+            device_id, actor=actor, ipv4=None if v6 else address, ipv6=address if v6 else None
+        )
+    typer.echo(f"{address} adopted as device {device_id}")
+
+
+@app.command("reject")
+def reject(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", help="A discovered address.")],
+) -> None:
+    """Reject a discovered address: it is not reported again."""
+    from fleetguard.monitor.service import DiscoveryState
+
+    with cli_context(ctx).runtime() as runtime:
+        runtime.monitor.decide(address, DiscoveryState.REJECTED, actor=operator_actor())
+    typer.echo(f"{address} rejected")

@@ -13,14 +13,20 @@ vectorized). Baselines are stored as JSON per device so that a restart keeps the
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from fleetguard.errors import Conflict, InvalidInput, NotFound
+from fleetguard.events.entry import NewEvent
+from fleetguard.events.log import EventLog
+from fleetguard.events.relay import publish_committed
 from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
 from fleetguard.monitor.baseline import Baseline
+from fleetguard.monitor.discovery import Discovery
 from fleetguard.monitor.flows import flows_from_packets
 from fleetguard.monitor.model import FlowRecord, PacketColumns, Skipped
 from fleetguard.monitor.rules import (
@@ -33,9 +39,9 @@ from fleetguard.monitor.rules import (
     detect_port_scans_in_packets,
 )
 from fleetguard.store.database import Database
-from fleetguard.store.models import MonitorBaselineRow
+from fleetguard.store.models import MonitorBaselineRow, MonitorDiscoveredRow
 
-__all__ = ["AddressBook", "IngestReport", "MonitorService"]
+__all__ = ["AddressBook", "DiscoveryState", "IngestReport", "MonitorService", "owners_from_bindings"]
 
 _BASELINE = "flows"
 
@@ -54,18 +60,30 @@ class IngestReport:
     skipped: Skipped = field(default_factory=Skipped)
 
 
+class DiscoveryState(enum.StrEnum):
+    """An operator's decision about a discovered address."""
+
+    DISCOVERED = "discovered"
+    ADOPTED = "adopted"
+    REJECTED = "rejected"
+
+
 class MonitorService:
     """Detectors with their state, and the alerts they raise (see the module docstring)."""
 
     def __init__(
         self,
         database: Database,
+        log: EventLog,
         alerts: AlertService,
         addresses: AddressBook,
         *,
         clock: Callable[[], dt.datetime],
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._database = database
+        self._log = log
+        self._on_commit = on_commit
         self._alerts = alerts
         self._addresses = addresses
         self._clock = clock
@@ -117,6 +135,72 @@ class MonitorService:
                 select(MonitorBaselineRow).where(MonitorBaselineRow.kind == _BASELINE)
             ).all()
         return [Baseline.from_json(json.dumps(row.data)) for row in rows]
+
+    # -- discovery ----------------------------------------------------------------------------------
+
+    def record_discovered(self, discovery: Discovery) -> int:
+        """Store what discovery found (new addresses as ``discovered``; decided ones keep their
+        decision, and only their last sighting moves); return how many addresses are new."""
+        now = self._clock()
+        new = 0
+        with self._database.transaction() as session:
+            for device in discovery.devices:
+                row = session.get(MonitorDiscoveredRow, device.address)
+                last = dt.datetime.fromtimestamp(device.last_seen, dt.UTC)
+                if row is not None:
+                    row.last_seen = max(row.last_seen, last)
+                    continue
+                new += 1
+                print_ = device.fingerprint
+                session.add(
+                    MonitorDiscoveredRow(
+                        address=device.address, mac=device.mac, vendor=print_.vendor,
+                        guessed_type=str(print_.guessed_type), confidence=round(print_.confidence * 100),
+                        reasons=list(print_.reasons)[:20], state=DiscoveryState.DISCOVERED,
+                        first_seen=dt.datetime.fromtimestamp(device.first_seen, dt.UTC), last_seen=last,
+                    )
+                )  # fmt: skip
+                self._log.append(
+                    session,
+                    NewEvent(
+                        actor="monitor", subject=f"address:{device.address}",
+                        action="monitor.device.discovered",
+                        data={"vendor": print_.vendor or "", "guessed_type": str(print_.guessed_type)},
+                    ),
+                    now=now,
+                )  # fmt: skip
+        publish_committed(self._on_commit)
+        return new
+
+    def discovered(self, state: DiscoveryState | None = None) -> list[MonitorDiscoveredRow]:
+        """Return the discovered addresses (optionally in one state), by address."""
+        query = select(MonitorDiscoveredRow).order_by(MonitorDiscoveredRow.address)
+        if state is not None:
+            query = query.where(MonitorDiscoveredRow.state == state)
+        with self._database.reading() as session:
+            return list(session.scalars(query))
+
+    def decide(self, address: str, state: DiscoveryState, *, actor: str) -> MonitorDiscoveredRow:
+        """Adopt or reject a discovered address (the caller registers and binds an adopted device)."""
+        if state is DiscoveryState.DISCOVERED:
+            raise InvalidInput("decide adopted or rejected")
+        now = self._clock()
+        with self._database.transaction() as session:
+            row = session.get(MonitorDiscoveredRow, address)
+            if row is None:
+                raise NotFound(f"{address[:64]!r} was not discovered", hint="fleetguard monitor discovered")
+            if row.state != DiscoveryState.DISCOVERED:
+                raise Conflict(f"{address} is {row.state} already")
+            row.state = state
+            self._log.append(
+                session,
+                NewEvent(
+                    actor=actor, subject=f"address:{address}", action=f"monitor.device.{state}", data={}
+                ),
+                now=now,
+            )
+        publish_committed(self._on_commit)
+        return row
 
     def _raise(self, report: IngestReport) -> None:
         owners = self._addresses()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from fleetguard.config import Settings
 from fleetguard.installation import Runtime
@@ -52,3 +53,49 @@ def test_alerts_are_listed_shown_and_triaged(cli: Cli, initialized: None) -> Non
     missing = cli("monitor", "alerts", "show", "nope")
     assert missing.exit_code == 1
     assert "no alert 'nope'" in one_line(missing.stderr)
+
+
+def _pcap(path: Path, frames: list[tuple[bytes, str, str, int, int, int]]) -> Path:
+    """A pcap of Ethernet/IPv4/TCP frames: (source MAC, source, destination, sport, dport, flags)."""
+    import ipaddress
+    import struct
+
+    records = []
+    for index, (mac, src, dst, sport, dport, flags) in enumerate(frames):
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 1024, 0, 0)
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), index, 0, 64, 6, 0,
+            ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+        )  # fmt: skip
+        frame = b"\xff" * 6 + mac + b"\x08\x00" + ip + tcp
+        records.append(struct.pack("<IIII", 1_700_000_000 + index, 0, len(frame), len(frame)) + frame)
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"".join(records))
+    return path
+
+
+def test_unknown_addresses_are_discovered_then_adopted_or_rejected(
+    cli: Cli, initialized: None, tmp_path: Path
+) -> None:
+    camera_mac = bytes.fromhex("f4b85eff2b1b")
+    capture = _pcap(tmp_path / "lan.pcap", [
+        (camera_mac, "192.168.1.129", "192.168.1.1", 40000, 443, 0x02),
+        (bytes.fromhex("001c7f53d028"), "192.168.1.1", "192.168.1.129", 443, 40000, 0x12),
+        (camera_mac, "192.168.1.129", "8.8.8.8", 40001, 53, 0x02),
+    ])  # fmt: skip
+    found = cli.json("monitor", "discover", str(capture), "--json")
+    assert isinstance(found, dict)
+    assert found["new"] == 2
+    assert sorted(d["address"] for d in found["devices"]) == ["192.168.1.1", "192.168.1.129"]
+    assert "8.8.8.8" not in str(found)  # outside the local networks
+    assert cli.ok("monitor", "adopt", "192.168.1.129", "--id", "cam-9").stdout.strip() == (
+        "192.168.1.129 adopted as device cam-9"
+    )
+    assert cli.json("devices", "show", "cam-9", "--json")["id"] == "cam-9"  # type: ignore[index]
+    cli.ok("monitor", "reject", "192.168.1.1")
+    states = {d["address"]: d["state"] for d in cli.json("monitor", "discovered", "--json")}  # type: ignore[union-attr]
+    assert states == {"192.168.1.1": "rejected", "192.168.1.129": "adopted"}
+    again = cli.json("monitor", "discover", str(capture), "--json")
+    assert again["devices"] == []  # type: ignore[index]  # decided addresses are not reported again
+    twice = cli("monitor", "reject", "192.168.1.1")
+    assert twice.exit_code == 1
+    assert "is rejected already" in one_line(twice.stderr)

@@ -74,7 +74,9 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 
 
 def test_a_telnet_brute_force_becomes_an_alert_about_the_owning_device(runtime: Runtime) -> None:
-    monitor = MonitorService(runtime.database, runtime.alerts, lambda: {A: "cam-1"}, clock=lambda: T0)
+    monitor = MonitorService(
+        runtime.database, runtime.log, runtime.alerts, lambda: {A: "cam-1"}, clock=lambda: T0
+    )
     attempts = [
         FlowRecord(start=1000.0 + i, duration=0.5, src=A, dst=B, sport=40000 + i, dport=23, proto="tcp",
                    src_bytes=120, dst_bytes=80, src_packets=3, dst_packets=2, state="SF")

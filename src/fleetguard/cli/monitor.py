@@ -387,3 +387,24 @@ def _eval_conn(path: Path, *, as_json: bool) -> None:
     truth = np.array([0 if f.label == "benign" else 1 for f in labelled], np.uint8)
     result = evaluate(scores, truth, seconds=max(1e-9, time.perf_counter() - started))
     typer.echo(to_json({"rules": result}) if as_json else format_report({"rules": result}))
+
+
+@app.command("train")
+def train(
+    ctx: typer.Context,
+    captures: Annotated[
+        list[Path], typer.Argument(metavar="PCAP...", exists=True, dir_okay=False, help="Benign captures.")
+    ],
+) -> None:
+    """Learn the anomaly model (features + autoencoder ensemble) from benign captures, joined in time
+    order, and keep it: `monitor ingest` then raises explained `anomaly.autoencoder` alerts."""
+    from fleetguard.monitor.dataset import concatenate
+    from fleetguard.monitor.packets import read_packets
+
+    packets = concatenate([read_packets(path)[0] for path in captures])
+    with cli_context(ctx).runtime() as runtime:
+        model = runtime.monitor.train(packets, actor=operator_actor())
+    typer.echo(
+        f"trained on {len(packets)} packets: {len(model.detector.groups)} feature groups, "
+        f"threshold {model.detector.threshold:.4g}"
+    )

@@ -17,6 +17,7 @@ import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -25,6 +26,7 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
+from fleetguard.monitor.anomaly import AnomalyFinding, AnomalyModel, anomalies, train_model
 from fleetguard.monitor.baseline import Baseline
 from fleetguard.monitor.discovery import Discovery
 from fleetguard.monitor.flows import flows_from_packets
@@ -35,6 +37,7 @@ from fleetguard.monitor.rules import (
     Finding,
     HostSweepDetector,
     PortScanDetector,
+    Severity,
     WindowThresholds,
     detect_port_scans_in_packets,
 )
@@ -80,7 +83,10 @@ class MonitorService:
         *,
         clock: Callable[[], dt.datetime],
         on_commit: Callable[[], None] | None = None,
+        model_path: Path | None = None,
     ) -> None:
+        self.model_path = model_path
+        self._model: AnomalyModel | None = None
         self._database = database
         self._log = log
         self._on_commit = on_commit
@@ -100,8 +106,32 @@ class MonitorService:
         self._raise(report)
         return report
 
+    def train(self, packets: PacketColumns, *, actor: str) -> AnomalyModel:
+        """Learn the anomaly model from benign ``packets`` and keep it (replacing the previous one)."""
+        if self.model_path is None:
+            raise InvalidInput("this monitor has no place to keep a model")
+        model = train_model(packets)
+        model.save(self.model_path)
+        self._model = model
+        with self._database.transaction() as session:
+            self._log.append(
+                session,
+                NewEvent(actor=actor, subject="monitor:model", action="monitor.model.trained",
+                         data={"packets": len(packets), "threshold": f"{model.detector.threshold:.6g}"}),
+                now=self._clock(),
+            )  # fmt: skip
+        publish_committed(self._on_commit)
+        return model
+
+    def model(self) -> AnomalyModel | None:
+        """The trained model, loaded once (None: never trained)."""
+        if self._model is None and self.model_path is not None and self.model_path.exists():
+            self._model = AnomalyModel.load(self.model_path)
+        return self._model
+
     def ingest_packets(self, packets: PacketColumns, *, skipped: Skipped | None = None) -> IngestReport:
-        """Run the flow detectors over the batch's flows, and the SYN-scan detector over its packets."""
+        """Run the flow detectors over the batch's flows, the SYN-scan detector over its packets, and
+        the anomaly model (when trained) over the packets: one alert per anomalous source, explained."""
         report = self.ingest_flows(flows_from_packets(packets), skipped=skipped)
         report.records = len(packets)
         scans = detect_port_scans_in_packets(packets, WindowThresholds(60.0, 20))
@@ -111,7 +141,30 @@ class MonitorService:
         report.findings.extend(extra.findings)
         report.alerts.extend(extra.alerts)
         report.suppressed += extra.suppressed
+        model = self.model()
+        if model is not None and len(packets):
+            self._raise_anomalies(report, anomalies(model, packets))
         return report
+
+    def _raise_anomalies(self, report: IngestReport, found: Sequence[AnomalyFinding]) -> None:
+        owners = self._addresses()
+        before = self._alerts.suppressed
+        for finding in found:
+            ratio = finding.score / finding.threshold if finding.threshold > 0 else float("inf")
+            alert = self._alerts.raise_alert(
+                AlertInput(
+                    rule="anomaly.autoencoder", detector="autoencoder",
+                    severity=Severity.HIGH if ratio >= 10 else Severity.MEDIUM, address=finding.address,
+                    reason=finding.reason, at=finding.last, device_id=owners.get(finding.address),
+                    evidence={
+                        "packets": finding.packets, "score": finding.score, "threshold": finding.threshold,
+                        "first": finding.first.isoformat(), "groups": [list(g) for g in finding.groups],
+                    },
+                )
+            )  # fmt: skip
+            if alert is not None:
+                report.alerts.append(alert)
+        report.suppressed += self._alerts.suppressed - before
 
     def save_baseline(self, baseline: Baseline) -> None:
         """Store a device's or type's baseline (replacing the previous one)."""

@@ -9,42 +9,27 @@ policy quarantines it. A datagram from an exporter that is not allowed changes n
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prerequisites import free_port
-from waiting import eventually, healthy, wait_for
+from up_process import fleetguard_command, open_runtime, running_up
+from waiting import eventually
 
 from fleetguard.config import Settings
-from fleetguard.installation import Runtime
 from fleetguard.inventory.lifecycle import Action, State
 from fleetguard.inventory.model import DeviceSpec
 
 DEVICE_ADDRESS = "10.20.0.5"
 TARGET = "10.20.0.9"
-
-
-def _fleetguard() -> list[str]:
-    return [str(Path(sys.executable).with_name("fleetguard"))]
-
-
-@contextlib.contextmanager
-def _runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 def _netflow_v5(records: list[tuple[str, str, int, int]], *, sequence: int = 0) -> bytes:
@@ -74,33 +59,21 @@ def monitored(tmp_path: Path) -> Iterator[tuple[Settings, int]]:
         FLEETGUARD_NETFLOW_EXPORTERS="127.0.0.1", FLEETGUARD_MONITOR_QUARANTINE_AT="30",
     )  # fmt: skip
     subprocess.run(
-        [*_fleetguard(), "init", "--trust-domain", "example.org", "--json"],
+        [*fleetguard_command(), "init", "--trust-domain", "example.org", "--json"],
         env=env, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     settings = Settings(data_dir=data)
-    with _runtime(settings) as runtime:
+    with open_runtime(settings) as runtime:
         runtime.inventory.register(DeviceSpec(id="cam-1", serial="cam-1", manufacturer="Acme"), actor="t")
         runtime.inventory.transition("cam-1", Action.PROVISION, actor="t")
         runtime.inventory.transition("cam-1", Action.ACTIVATE, actor="t")
         runtime.segment.bind("cam-1", ipv4=DEVICE_ADDRESS, actor="t")
-    server = subprocess.Popen(
-        [*_fleetguard(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: healthy(f"http://127.0.0.1:{api_port}"), "fleetguard up /healthz", server)
+    with running_up(env, api_port):
         yield settings, netflow_port
-    finally:
-        server.terminate()
-        try:
-            server.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
 
 
 def _alerts(settings: Settings) -> list[tuple[str, str | None, str]]:
-    with _runtime(settings) as runtime:
+    with open_runtime(settings) as runtime:
         return [(a.rule, a.device_id, a.state) for a in runtime.alerts.alerts()]
 
 
@@ -116,7 +89,7 @@ def test_flows_from_an_exporter_raise_an_alert_and_quarantine_the_device(
         exporter.sendto(_netflow_v5(attempts[:6], sequence=0), ("127.0.0.1", port))
         exporter.sendto(_netflow_v5(attempts[6:], sequence=6), ("127.0.0.1", port))
     eventually(lambda: _alerts(settings) == [("bruteforce.telnet", "cam-1", "new")], "the alert", timeout=20)
-    with _runtime(settings) as runtime:
+    with open_runtime(settings) as runtime:
         assert runtime.trust.facts("cam-1").risk == 35
         assert runtime.inventory.get("cam-1").state is State.QUARANTINED
         actions = [e.action for e in runtime.log.entries(limit=500) if e.subject == "device:cam-1"]

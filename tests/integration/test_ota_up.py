@@ -17,12 +17,10 @@ a quarantined device is offered nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prerequisites import free_port
-from waiting import eventually, healthy, wait_for
+from up_process import fleetguard_command, open_runtime, running_up
+from waiting import eventually
 
 from firmware_images import small_squashfs
 from fleetguard.agent.ota_fetcher import HttpsFetcher
@@ -60,19 +59,6 @@ APP = bytes(range(256)) * 256  # 64 KiB that both releases share: the delta is m
 pytestmark = pytest.mark.skipif(
     shutil.which("mksquashfs") is None and not os.environ.get("CI"), reason="needs mksquashfs"
 )
-
-
-def _fleetguard() -> list[str]:
-    return [str(Path(sys.executable).with_name("fleetguard"))]
-
-
-@contextlib.contextmanager
-def _runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 @dataclass
@@ -106,7 +92,7 @@ class Fleet:
     def campaign(self, *, error_ppm: int) -> str:
         """Create, approve (sign the scope) and start a one-wave campaign of release 2.0."""
         signer = load_signer(self.release_key)
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             policy = default_policy(waves=(("all", 1_000_000),), error_ppm=error_ppm, max_retries=0)
             created = runtime.campaigns.create(hardware_id=HARDWARE, release="2.0", policy=policy, actor="t")
             approved = runtime.campaigns.approve(created.id, [signer], actor="t")
@@ -115,12 +101,12 @@ class Fleet:
         return created.id
 
     def step(self, campaign_id: str, device_id: str) -> DeviceStep:
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             progress = {p.device_id: p for p in runtime.campaigns.devices(campaign_id)}
         return progress[device_id].step
 
     def state(self, campaign_id: str) -> CampaignState:
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             return runtime.campaigns.get(campaign_id).state
 
 
@@ -165,15 +151,17 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         FLEETGUARD_EST_PORT=str(est_port), FLEETGUARD_MQTT_PORT="0", FLEETGUARD_OTA_EVALUATE_S="0.2",
     )  # fmt: skip
     subprocess.run(
-        [*_fleetguard(), "init", "--trust-domain", "example.org", "--json"],
+        [*fleetguard_command(), "init", "--trust-domain", "example.org", "--json"],
         env=env, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    subprocess.run([*_fleetguard(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60)
+    subprocess.run(
+        [*fleetguard_command(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60
+    )
     files = tmp_path / "devices"
     (files / "keys").mkdir(parents=True)
     os.environ["FLEETGUARD_CA_PASSPHRASE"] = "ota test"
     settings = Settings(data_dir=data)
-    with _runtime(settings) as runtime:
+    with open_runtime(settings) as runtime:
         (files / "ca.pem").write_bytes(runtime.pki.trust_bundle(ChainFormat.PEM))
         release_key = _repositories(runtime, files / "keys")
         for name in ("1.0", "2.0"):
@@ -189,20 +177,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             _issue(runtime, files, device_id)
             runtime.inventory.transition(device_id, Lifecycle.PROVISION, actor="t")
             runtime.inventory.transition(device_id, Lifecycle.ACTIVATE, actor="t")
-    server = subprocess.Popen(
-        [*_fleetguard(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        wait_for(lambda: healthy(f"http://127.0.0.1:{api_port}"), "fleetguard up /healthz", server)
-        yield Fleet(settings, files, est_port, release_key)
+        with running_up(env, api_port):
+            yield Fleet(settings, files, est_port, release_key)
     finally:
-        server.terminate()
-        try:
-            server.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
         os.environ.pop("FLEETGUARD_CA_PASSPHRASE", None)
 
 
@@ -225,7 +203,7 @@ def test_a_device_updates_through_a_campaign_and_a_failing_one_rolls_back_and_pa
     ).read_bytes()
     assert fleet.step(campaign, "dev-1") is DeviceStep.COMMITTED
     assert healthy_device.update_once().result is UpdateResult.NO_UPDATE  # nothing new after the commit
-    with _runtime(fleet.settings) as runtime:
+    with open_runtime(fleet.settings) as runtime:
         assert runtime.inventory.get("dev-1").firmware_version == "2.0"
         report = compliance_report(runtime.database, runtime.inventory, runtime.releases, now=utc_now())
         assert {d.device_id: d.posture for d in report.devices}["dev-1"] is Posture.CURRENT
@@ -247,7 +225,7 @@ def test_a_device_updates_through_a_campaign_and_a_failing_one_rolls_back_and_pa
 
 
 def test_a_quarantined_device_is_offered_nothing(fleet: Fleet) -> None:
-    with _runtime(fleet.settings) as runtime:
+    with open_runtime(fleet.settings) as runtime:
         runtime.inventory.transition("dev-4", Lifecycle.QUARANTINE, actor="t")
     campaign = fleet.campaign(error_ppm=500_000)
     outcome = fleet.client("dev-4", ["true"]).update_once()

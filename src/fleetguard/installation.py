@@ -169,7 +169,7 @@ class Runtime:
         self.monitor = MonitorService(
             self.database, self.log, self.alerts, lambda: owners_from_bindings(self.segment.bindings()),
             clock=utc_now, on_commit=self.relay.notify,
-            model_path=settings.data_dir / "monitor" / "model.npz",
+            model_path=settings.data_dir / "monitor" / "model.npz", devices=self.inventory.states,
         )  # fmt: skip
         self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
         self.releases = ReleaseService(

@@ -107,6 +107,7 @@ class InputFormat(enum.StrEnum):
 
     PCAP = "pcap"
     ZEEK = "zeek"
+    MOSQUITTO = "mosquitto"
 
 
 @app.command("ingest")
@@ -116,11 +117,15 @@ def ingest(
         Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, help="The capture or log.")
     ],
     input_format: Annotated[
-        InputFormat, typer.Option("--format", help="pcap (pcap or pcapng) or zeek (conn.log TSV/JSON/CSV).")
+        InputFormat,
+        typer.Option(
+            "--format", help="pcap (pcap or pcapng), zeek (conn.log TSV/JSON/CSV) or mosquitto (log)."
+        ),
     ] = InputFormat.PCAP,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the detectors over a capture or a Zeek conn.log; raise alerts about the devices involved.
+    """Run the detectors over a capture, a Zeek conn.log or a Mosquitto log; raise alerts about the
+    devices involved.
 
     Malformed records are counted and skipped with a reason, never fatal; the summary says how many.
     """
@@ -130,11 +135,17 @@ def ingest(
 
             packets, skipped = read_packets(path)
             report = runtime.monitor.ingest_packets(packets, skipped=skipped)
-        else:
+        elif input_format is InputFormat.ZEEK:
             from fleetguard.monitor.zeek import read_flows
 
             flows, skipped = read_flows(path)
             report = runtime.monitor.ingest_flows(flows, skipped=skipped)
+        else:
+            from fleetguard.monitor.broker import parse_mosquitto_log
+
+            with open(path, encoding="utf-8", errors="replace") as lines:
+                events, skipped = parse_mosquitto_log(lines)
+            report = runtime.monitor.ingest_broker(events, skipped=skipped)
     summary = {
         "records": report.records, "findings": len(report.findings), "alerts": [a.id for a in report.alerts],
         "suppressed": report.suppressed, "skipped": dict(report.skipped.counts),

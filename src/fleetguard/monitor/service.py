@@ -28,6 +28,7 @@ from fleetguard.events.relay import publish_committed
 from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
 from fleetguard.monitor.anomaly import AnomalyFinding, AnomalyModel, anomalies, train_model
 from fleetguard.monitor.baseline import Baseline
+from fleetguard.monitor.broker import BrokerEvent, BrokerFinding, BrokerMonitor
 from fleetguard.monitor.discovery import Discovery
 from fleetguard.monitor.flows import flows_from_packets
 from fleetguard.monitor.model import FlowRecord, PacketColumns, Skipped
@@ -84,7 +85,9 @@ class MonitorService:
         clock: Callable[[], dt.datetime],
         on_commit: Callable[[], None] | None = None,
         model_path: Path | None = None,
+        devices: Callable[[Sequence[str]], Mapping[str, object]] | None = None,
     ) -> None:
+        self._devices = devices
         self.model_path = model_path
         self._model: AnomalyModel | None = None
         self._database = database
@@ -94,6 +97,7 @@ class MonitorService:
         self._addresses = addresses
         self._clock = clock
         self._detectors = (PortScanDetector(), HostSweepDetector(), BruteForceDetector(), BeaconDetector())
+        self._broker = BrokerMonitor()
 
     def ingest_flows(self, flows: Iterable[FlowRecord], *, skipped: Skipped | None = None) -> IngestReport:
         """Run the flow detectors over ``flows`` (sorted by start here); raise their alerts."""
@@ -165,6 +169,39 @@ class MonitorService:
             if alert is not None:
                 report.alerts.append(alert)
         report.suppressed += self._alerts.suppressed - before
+
+    def ingest_broker(self, events: Sequence[BrokerEvent], *, skipped: Skipped | None = None) -> IngestReport:
+        """Run the broker detectors (MQTT brute force, reconnect storms, message rates) over broker
+        log events; raise their alerts (a client id that is a device id is that device)."""
+        report = IngestReport(records=len(events), skipped=skipped or Skipped())
+        found = self._broker.observe(events)
+        owners = self._addresses()
+        before = self._alerts.suppressed
+        for finding in found:
+            client = isinstance(finding, BrokerFinding)
+            device = finding.device if client else owners.get(finding.device)
+            address = finding.target if client and finding.target else finding.device
+            if isinstance(finding, Finding):
+                report.findings.append(finding)
+            alert = self._alerts.raise_alert(
+                AlertInput(
+                    rule=str(finding.rule), detector="broker", severity=finding.severity,
+                    address=address,
+                    reason=finding.reason, at=finding.last, device_id=self._known_device(device),
+                    target=str(finding.target or ""),
+                    evidence={"value": finding.value, "threshold": finding.threshold,
+                              "evidence": [str(e) for e in finding.evidence]},
+                )
+            )  # fmt: skip
+            if alert is not None:
+                report.alerts.append(alert)
+        report.suppressed = self._alerts.suppressed - before
+        return report
+
+    def _known_device(self, device_id: str | None) -> str | None:
+        if device_id is None or self._devices is None:
+            return device_id if device_id in set(self._addresses().values()) else None
+        return device_id if self._devices([device_id]) else None
 
     def save_baseline(self, baseline: Baseline) -> None:
         """Store a device's or type's baseline (replacing the previous one)."""

@@ -103,3 +103,19 @@ def test_addresses_come_from_the_segmentation_bindings() -> None:
 
     owners = owners_from_bindings([Binding("cam-1", A, "fd00::5"), Binding("cam-2", None, None)])
     assert owners == {A: "cam-1", "fd00::5": "cam-1"}
+
+
+def test_failed_mqtt_logins_in_a_broker_log_become_an_alert(runtime: Runtime) -> None:
+    from fleetguard.monitor.broker import parse_mosquitto_log
+
+    lines = []
+    for i in range(12):
+        lines.append(f"{1_700_000_000 + i}: New connection from 10.0.0.77:{50000 + i} on port 8883.")
+        lines.append(f"{1_700_000_000 + i}: Client <unknown> disconnected, not authorised.")
+    events, skipped = parse_mosquitto_log(lines)
+    assert dict(skipped.counts) == {"connection accepted (attribution only)": 12}
+    monitor = MonitorService(runtime.database, runtime.log, runtime.alerts, dict, clock=lambda: T0)
+    report = monitor.ingest_broker(events)
+    assert [(a.rule, a.address, a.device_id, a.detector) for a in report.alerts] == [
+        ("bruteforce.mqtt", "10.0.0.77", None, "broker")
+    ]

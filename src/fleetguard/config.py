@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     netflow_port: int = Field(default=0, ge=0, le=65535)
     netflow_exporters: str = ""
     monitor_quarantine_at: int | None = Field(default=None, ge=1, le=100)
+    # Live capture (AF_PACKET, root) of one interface into the monitor: rules, and the anomaly model
+    # once `fleetguard monitor train` made one. Empty: off.
+    monitor_interface: str = Field(default="", pattern=r"^[A-Za-z0-9_.:@-]{0,15}$")
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

@@ -33,7 +33,7 @@ from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
-from fleetguard.monitor.endpoint import open_flow_collector
+from fleetguard.monitor.endpoint import open_flow_collector, open_live_capture
 from fleetguard.segment.endpoint import open_segment_endpoint
 
 if TYPE_CHECKING:
@@ -91,13 +91,14 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
             if mqtt.evaluator is None:
                 segment.evaluate_alone(runtime)
             flows = open_flow_collector(runtime)
+            live = open_live_capture(runtime)
             _print_banner(
                 context,
                 listener,
                 est_line=est.url or est.reason or "",
                 mqtt_line=mqtt.url or mqtt.reason or "",
                 segment_line=segment.summary,
-                monitor_line=flows.summary,
+                monitor_line=f"{flows.summary}; {live.summary}",
             )
             checkpointer.start()
             renewals.start()
@@ -106,6 +107,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                live.stop()
                 flows.stop()
                 mqtt.stop()
                 segment.stop()

@@ -10,6 +10,7 @@ a port that cannot be bound or a bad setting: ``up`` reports why the collector d
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,9 +18,10 @@ from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
 from fleetguard.monitor.alerts import ResponsePolicy
 from fleetguard.monitor.collector import FlowCollector
+from fleetguard.monitor.live import LiveCapture
 from fleetguard.monitor.model import FlowRecord
 
-__all__ = ["FlowEndpoint", "open_flow_collector"]
+__all__ = ["FlowEndpoint", "LiveEndpoint", "open_flow_collector", "open_live_capture"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,3 +62,53 @@ def open_flow_collector(runtime: Runtime) -> FlowEndpoint:
         return FlowEndpoint(None, f"flow collector not started: {exc}")
     host, port = collector.address[:2]
     return FlowEndpoint(collector, f"NetFlow/IPFIX on udp://{host}:{port} from {', '.join(exporters)}")
+
+
+class LiveEndpoint:
+    """A thread feeding one interface's packets to the monitor, or why there is none."""
+
+    def __init__(self, runtime: Runtime | None, capture: LiveCapture | None, summary: str) -> None:
+        self.summary = summary
+        self._runtime = runtime
+        self._capture = capture
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if runtime is not None and capture is not None:
+            self._thread = threading.Thread(target=self._run, name="monitor-capture", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._runtime is not None
+        assert self._capture is not None
+        with self._capture as capture:
+            while not self._stop.is_set():
+                packets, _skipped = capture.read_batch()
+                if len(packets):
+                    try:
+                        report = self._runtime.monitor.ingest_packets(packets)
+                    except FleetguardError as exc:  # the capture goes on; the failure is reported
+                        _log.warning("monitor: a captured batch was not analysed: %s", exc)
+                        continue
+                    if report.alerts:
+                        _log.info("monitor: %d packets, %d alerts", len(packets), len(report.alerts))
+
+    def stop(self) -> None:
+        """Stop capturing (within the capture's timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def open_live_capture(runtime: Runtime) -> LiveEndpoint:
+    """Capture ``FLEETGUARD_MONITOR_INTERFACE`` into the monitor; never raises (the summary says why not)."""
+    interface = runtime.settings.monitor_interface
+    if not interface:
+        return LiveEndpoint(None, None, "live capture off (FLEETGUARD_MONITOR_INTERFACE unset)")
+    capture = LiveCapture(interface)
+    try:
+        capture.__enter__()  # fail here, not in the thread: a missing interface or no root is reported
+    except FleetguardError as exc:
+        _log.warning("live capture not started: %s", exc)
+        return LiveEndpoint(None, None, f"live capture not started: {exc}")
+    capture.__exit__(None, None, None)
+    return LiveEndpoint(runtime, capture, f"live capture on {interface}")

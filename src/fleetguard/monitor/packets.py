@@ -65,6 +65,7 @@ __all__ = [
     "MAX_CAPTURE_BYTES",
     "iter_batches",
     "read_packets",
+    "read_stream",
 ]
 
 DEFAULT_BATCH = 65_536
@@ -184,6 +185,19 @@ def iter_batches(
         raise ValueError(f"batch {batch} is not in 1..{MAX_BATCH}")
     with open(path, "rb") as stream:
         yield from _stream_batches(stream, batch, max_packets, max_bytes)
+
+
+def read_stream(
+    stream: BinaryIO, *, max_packets: int = DEFAULT_MAX_PACKETS, max_bytes: int = MAX_CAPTURE_BYTES
+) -> tuple[PacketColumns, Skipped]:
+    """:func:`read_packets` over an open binary stream (live capture hands its frames over this way)."""
+    parts: list[PacketColumns] = []
+    skipped = Skipped()
+    for columns, batch_skipped in _stream_batches(stream, DEFAULT_BATCH, max_packets, max_bytes):
+        parts.append(columns)
+        for reason, count in batch_skipped.counts.items():
+            skipped.add(reason, count)
+    return _concatenate(parts), skipped
 
 
 # -- framing ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,9 +99,14 @@ class MonitorService:
         self._clock = clock
         self._detectors = (PortScanDetector(), HostSweepDetector(), BruteForceDetector(), BeaconDetector())
         self._broker = BrokerMonitor()
+        self._lock = threading.Lock()  # the collector and the capture threads share the detectors
 
     def ingest_flows(self, flows: Iterable[FlowRecord], *, skipped: Skipped | None = None) -> IngestReport:
         """Run the flow detectors over ``flows`` (sorted by start here); raise their alerts."""
+        with self._lock:
+            return self._ingest_flows(flows, skipped)
+
+    def _ingest_flows(self, flows: Iterable[FlowRecord], skipped: Skipped | None) -> IngestReport:
         ordered = sorted(flows, key=lambda flow: flow.start)
         report = IngestReport(records=len(ordered), skipped=skipped or Skipped())
         for detector in self._detectors:
@@ -136,7 +142,11 @@ class MonitorService:
     def ingest_packets(self, packets: PacketColumns, *, skipped: Skipped | None = None) -> IngestReport:
         """Run the flow detectors over the batch's flows, the SYN-scan detector over its packets, and
         the anomaly model (when trained) over the packets: one alert per anomalous source, explained."""
-        report = self.ingest_flows(flows_from_packets(packets), skipped=skipped)
+        with self._lock:
+            return self._ingest_packets(packets, skipped)
+
+    def _ingest_packets(self, packets: PacketColumns, skipped: Skipped | None) -> IngestReport:
+        report = self._ingest_flows(flows_from_packets(packets), skipped)
         report.records = len(packets)
         scans = detect_port_scans_in_packets(packets, WindowThresholds(60.0, 20))
         known = {(f.rule, f.device, f.target) for f in report.findings}

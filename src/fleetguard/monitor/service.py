@@ -28,7 +28,7 @@ from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
 from fleetguard.monitor.anomaly import AnomalyFinding, AnomalyModel, anomalies, train_model
-from fleetguard.monitor.baseline import Baseline
+from fleetguard.monitor.baseline import Baseline, Scope, summarize_window
 from fleetguard.monitor.broker import BrokerEvent, BrokerFinding, BrokerMonitor
 from fleetguard.monitor.discovery import Discovery
 from fleetguard.monitor.flows import flows_from_packets
@@ -42,6 +42,8 @@ from fleetguard.monitor.rules import (
     Severity,
     WindowThresholds,
     detect_port_scans_in_packets,
+    detect_unexpected_destinations,
+    detect_volume,
 )
 from fleetguard.store.database import Database
 from fleetguard.store.models import MonitorBaselineRow, MonitorDiscoveredRow
@@ -49,6 +51,19 @@ from fleetguard.store.models import MonitorBaselineRow, MonitorDiscoveredRow
 __all__ = ["AddressBook", "DiscoveryState", "IngestReport", "MonitorService", "owners_from_bindings"]
 
 _BASELINE = "flows"
+_MAX_PENDING = 1_000_000
+
+
+class _NoPolicy:
+    """No MUD allow-policy is consulted here: destinations are judged by the learned baselines."""
+
+    def allowed(self, device: str, dst: str, port: int, proto: str) -> bool | None:
+        return None
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
+
 
 AddressBook = Callable[[], Mapping[str, str]]
 """Returns the fleet's known addresses: address text → device id."""
@@ -87,8 +102,14 @@ class MonitorService:
         on_commit: Callable[[], None] | None = None,
         model_path: Path | None = None,
         devices: Callable[[Sequence[str]], Mapping[str, object]] | None = None,
+        baseline_learning: dt.timedelta = dt.timedelta(days=7),
+        baseline_window_s: float = 300.0,
     ) -> None:
         self._devices = devices
+        self._baseline_learning = baseline_learning
+        self._window_s = baseline_window_s
+        self._baselines: dict[str, Baseline] | None = None  # by device address; loaded once
+        self._pending: list[FlowRecord] = []  # flows of windows not closed yet
         self.model_path = model_path
         self._model: AnomalyModel | None = None
         self._database = database
@@ -113,8 +134,66 @@ class MonitorService:
             report.findings.extend(detector.observe(ordered))
             if ordered:
                 detector.advance(dt.datetime.fromtimestamp(ordered[-1].start, dt.UTC))
+        report.findings.extend(self._baseline_findings(ordered))
         self._raise(report)
         return report
+
+    def _baseline_findings(self, flows: Sequence[FlowRecord]) -> list[Finding]:
+        """Learn the devices' baselines window by window and judge closed windows against them.
+
+        Flows of the fleet's devices wait in a bounded buffer until their window
+        (``baseline_window_s``) closes, i.e. a later flow starts after its end; each closed window is
+        judged (volume, unexpected destinations: only by baselines past their learning period), then
+        learned from, and the baselines are stored.
+        """
+        owners = self._addresses()
+        if not owners:
+            return []
+        baselines = self._loaded_baselines()
+        self._pending.extend(f for f in flows if f.src in owners)
+        if len(self._pending) > _MAX_PENDING:
+            del self._pending[: len(self._pending) - _MAX_PENDING]
+        if not self._pending:
+            return []
+        latest = max(f.start for f in self._pending)
+        closed_until = (latest // self._window_s) * self._window_s
+        closed = [f for f in self._pending if f.start < closed_until]
+        self._pending = [f for f in self._pending if f.start >= closed_until]
+        findings: list[Finding] = []
+        for start in sorted({(f.start // self._window_s) * self._window_s for f in closed}):
+            window = [f for f in closed if start <= f.start < start + self._window_s]
+            findings.extend(self._judge_and_learn(window, start, baselines))
+        return findings
+
+    def _judge_and_learn(
+        self, window: list[FlowRecord], start: float, baselines: dict[str, Baseline]
+    ) -> list[Finding]:
+        begin, end = _utc(start), _utc(start + self._window_s)
+        devices = {f.src for f in window}
+        for address in devices - baselines.keys():
+            baselines[address] = Baseline.new(
+                address, Scope.DEVICE, now=begin, learning_s=self._baseline_learning.total_seconds(),
+                window_s=self._window_s,
+            )  # fmt: skip
+        findings = list(
+            detect_volume(window, start=begin, end=end, device_types=dict.fromkeys(devices),
+                          device_baselines=baselines, type_baselines={})
+        )  # fmt: skip
+        unexpected, _ = detect_unexpected_destinations(
+            window, policy=_NoPolicy(), baselines=baselines, now=end
+        )
+        findings.extend(unexpected)
+        for address, sample in summarize_window(
+            window, devices, start=start, end=start + self._window_s
+        ).items():
+            baselines[address] = baselines[address].learn(sample, end)
+            self.save_baseline(baselines[address])
+        return findings
+
+    def _loaded_baselines(self) -> dict[str, Baseline]:
+        if self._baselines is None:
+            self._baselines = {baseline.subject: baseline for baseline in self.baselines()}
+        return self._baselines
 
     def train(self, packets: PacketColumns, *, actor: str) -> AnomalyModel:
         """Learn the anomaly model from benign ``packets`` and keep it (replacing the previous one)."""

@@ -119,3 +119,33 @@ def test_failed_mqtt_logins_in_a_broker_log_become_an_alert(runtime: Runtime) ->
     assert [(a.rule, a.address, a.device_id, a.detector) for a in report.alerts] == [
         ("bruteforce.mqtt", "10.0.0.77", None, "broker")
     ]
+
+
+def test_baselines_learn_then_flag_an_unexpected_destination_and_survive_a_restart(runtime: Runtime) -> None:
+    def service() -> MonitorService:
+        return MonitorService(
+            runtime.database, runtime.log, runtime.alerts, lambda: {A: "cam-1"}, clock=lambda: T0,
+            baseline_learning=dt.timedelta(0), baseline_window_s=300.0,
+        )  # fmt: skip
+
+    def flow(at: float, dst: str) -> FlowRecord:
+        return FlowRecord(
+            start=at, duration=1.0, src=A, dst=dst, sport=40000, dport=443, proto="tcp", src_bytes=2000,
+            dst_bytes=8000, src_packets=10, dst_packets=10, state="SF",
+        )  # fmt: skip
+
+    irregular = (0, 3, 40, 41, 90, 150, 151, 200, 260, 290)  # not periodic: no beaconing
+    monitor = service()
+    for window in range(13):  # 12 windows to learn from, the 13th closes the 12th
+        report = monitor.ingest_flows([flow(window * 300.0 + at, "52.1.2.3") for at in irregular])
+        assert report.findings == []
+    (stored,) = monitor.baselines()
+    assert stored.subject == A
+    assert stored.windows == 12
+    restarted = service()  # a restart keeps what was learned
+    restarted.ingest_flows([flow(13 * 300.0 + 5, "203.0.113.66")])
+    report = restarted.ingest_flows([flow(14 * 300.0 + 5, "52.1.2.3")])  # closes window 13
+    assert [(f.rule, f.target) for f in report.findings] == [
+        ("destination.unexpected", "203.0.113.66 tcp/443")
+    ]
+    assert report.alerts[0].device_id == "cam-1"

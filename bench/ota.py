@@ -4,7 +4,8 @@
               hardware id: the inventory query, wave planning in bucket order and the bulk insert of
               every device's progress row, in one transaction on SQLite. Goal <= 5 s. Median of ``--runs``
               (each run aborts the previous campaign, so that the next one plans the same fleet).
-(c) checkin   ``POST /ota/v1/checkin`` over mutual TLS against the real ``fleetguard up`` (SQLite, the
+(c) checkin   ``POST /ota/v1/checkin`` over mutual TLS against the real ``fleetguard up`` (``--est-workers``
+              processes serving the mTLS endpoint, default 2: one per core; SQLite, the
               100,000-device fleet and the running campaign above) from a separate load process. The
               devices that check in hold operational certificates and sit in the campaign's last wave,
               which is not open: the real "no update" path (certificate lookup, the device's campaign
@@ -276,7 +277,7 @@ def bench_checkin(root: Path, runtime: Runtime, campaign_id: str, args: argparse
     devices = _certificates(runtime, campaign_id, args.connections, material)
     runtime.close()
     port = _free_port()
-    server_args = argparse.Namespace(est_workers=1, mqtt=False)
+    server_args = argparse.Namespace(est_workers=args.est_workers, mqtt=False)
     server = _start_server(root, port, server_args)
     try:
         _wait_for_est(port, root, server)
@@ -370,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=600.0)
+    parser.add_argument(
+        "--est-workers", type=int, default=2, help="processes serving the mTLS endpoint (one per core)"
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     print(f"bench/ota.py on {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")

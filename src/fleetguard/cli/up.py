@@ -33,7 +33,7 @@ from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
-from fleetguard.monitor.endpoint import open_flow_collector, open_live_capture
+from fleetguard.monitor.endpoint import BrokerFeed, open_flow_collector, open_live_capture
 from fleetguard.segment.endpoint import open_segment_endpoint
 
 if TYPE_CHECKING:
@@ -92,6 +92,10 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 segment.evaluate_alone(runtime)
             flows = open_flow_collector(runtime)
             live = open_live_capture(runtime)
+            broker_feed = None
+            if mqtt.gateway is not None:  # the supervised broker's log feeds the monitor
+                broker_feed = BrokerFeed(runtime)
+                mqtt.gateway.broker.log_observers.append(broker_feed.line)
             _print_banner(
                 context,
                 listener,
@@ -108,6 +112,8 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                     _serve(server, listener)
             finally:
                 live.stop()
+                if broker_feed is not None:
+                    broker_feed.stop()
                 flows.stop()
                 mqtt.stop()
                 segment.stop()

@@ -149,6 +149,9 @@ class MosquittoBroker:
         self._supervisor: threading.Thread | None = None
         self.restarts = 0
         """How many times the supervisor started Mosquitto again after it exited."""
+        self.log_observers: list[Callable[[str], None]] = []
+        """Called from the log reader thread with each raw line (timestamp included); must not block
+        (the monitor queues them: ``fleetguard.monitor.endpoint.BrokerFeed``)."""
 
     # -- files -------------------------------------------------------------------------------
 
@@ -322,7 +325,10 @@ class MosquittoBroker:
 
     def _read_log(self, stream: IO[bytes]) -> None:
         for raw in iter(lambda: stream.readline(_MAX_LINE), b""):
-            self._log.append(_TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r\n")))
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            for observe in self.log_observers:
+                observe(line)
+            self._log.append(_TIMESTAMP.sub("", line))
         stream.close()
 
     def _terminate(self, timeout_s: float) -> None:

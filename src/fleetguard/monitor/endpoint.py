@@ -9,6 +9,7 @@ a port that cannot be bound or a bad setting: ``up`` reports why the collector d
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Sequence
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
 from fleetguard.monitor.alerts import ResponsePolicy
+from fleetguard.monitor.broker import MosquittoLogParser
 from fleetguard.monitor.collector import FlowCollector
 from fleetguard.monitor.live import LiveCapture
 from fleetguard.monitor.model import FlowRecord
 
-__all__ = ["FlowEndpoint", "LiveEndpoint", "open_flow_collector", "open_live_capture"]
+__all__ = ["BrokerFeed", "FlowEndpoint", "LiveEndpoint", "open_flow_collector", "open_live_capture"]
+
+_MAX_QUEUED_LINES = 100_000
 
 _log = logging.getLogger(__name__)
 
@@ -112,3 +116,49 @@ def open_live_capture(runtime: Runtime) -> LiveEndpoint:
         return LiveEndpoint(None, None, f"live capture not started: {exc}")
     capture.__exit__(None, None, None)
     return LiveEndpoint(runtime, capture, f"live capture on {interface}")
+
+
+class BrokerFeed:
+    """The supervised broker's log lines into the monitor: queued by the log reader (never blocking
+    it, at most 100,000 waiting; more are counted and dropped), parsed and analysed every second."""
+
+    def __init__(self, runtime: Runtime, *, interval_s: float = 1.0) -> None:
+        self._runtime = runtime
+        self._interval_s = interval_s
+        self._lines: collections.deque[str] = collections.deque()
+        self._parser = MosquittoLogParser()
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor-broker", daemon=True)
+        self._thread.start()
+
+    def line(self, text: str) -> None:
+        """Queue one raw log line (called from the broker's log reader)."""
+        if len(self._lines) >= _MAX_QUEUED_LINES:
+            self.dropped += 1
+            return
+        self._lines.append(text)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.drain()
+
+    def drain(self) -> None:
+        """Analyse what is queued now."""
+        lines = [self._lines.popleft() for _ in range(len(self._lines))]
+        if not lines:
+            return
+        events, skipped = self._parser.feed(lines)
+        try:
+            report = self._runtime.monitor.ingest_broker(events, skipped=skipped)
+        except FleetguardError as exc:
+            _log.warning("monitor: broker log lines not analysed: %s", exc)
+            return
+        if report.alerts:
+            _log.info("monitor: %d broker events, %d alerts", len(events), len(report.alerts))
+
+    def stop(self) -> None:
+        """Stop the thread after analysing what is queued."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.drain()

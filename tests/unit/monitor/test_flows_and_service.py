@@ -149,3 +149,15 @@ def test_baselines_learn_then_flag_an_unexpected_destination_and_survive_a_resta
         ("destination.unexpected", "203.0.113.66 tcp/443")
     ]
     assert report.alerts[0].device_id == "cam-1"
+
+
+def test_the_broker_feed_turns_queued_log_lines_into_alerts(runtime: Runtime) -> None:
+    from fleetguard.monitor.endpoint import BrokerFeed
+
+    feed = BrokerFeed(runtime, interval_s=60.0)
+    for i in range(12):
+        feed.line(f"{1_700_000_000 + i}: New connection from 10.0.0.78:{50000 + i} on port 8883.")
+        feed.line(f"{1_700_000_000 + i}: Client <unknown> disconnected, not authorised.")
+    feed.stop()  # analyses what is queued
+    assert [(a.rule, a.address) for a in runtime.alerts.alerts()] == [("bruteforce.mqtt", "10.0.0.78")]
+    assert feed.dropped == 0

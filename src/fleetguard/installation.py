@@ -29,6 +29,7 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import EventRelay
 from fleetguard.firmware.service import FirmwareService
+from fleetguard.inventory.errors import DeviceNotFound
 from fleetguard.inventory.service import Inventory
 from fleetguard.monitor.alerts import AlertService
 from fleetguard.monitor.response import InstallationResponder
@@ -170,6 +171,7 @@ class Runtime:
             self.database, self.log, self.alerts, lambda: owners_from_bindings(self.segment.bindings()),
             clock=utc_now, on_commit=self.relay.notify,
             model_path=settings.data_dir / "monitor" / "model.npz", devices=self.inventory.states,
+            device_type=self._device_type,
         )  # fmt: skip
         self.ota = OtaRepositories(settings.data_dir, clock=utc_now)
         self.releases = ReleaseService(
@@ -179,6 +181,12 @@ class Runtime:
             self.database, self.log, self.inventory, self.ota, self.releases, clock=utc_now,
             on_commit=self.relay.notify,
         )  # fmt: skip
+
+    def _device_type(self, device_id: str) -> str | None:
+        try:
+            return self.inventory.get(device_id).device_type
+        except DeviceNotFound:
+            return None
 
     def _publish_revocation(self, record: CertificateRecord) -> None:
         self.revocation.revoked(record)

@@ -104,7 +104,9 @@ class MonitorService:
         devices: Callable[[Sequence[str]], Mapping[str, object]] | None = None,
         baseline_learning: dt.timedelta = dt.timedelta(days=7),
         baseline_window_s: float = 300.0,
+        device_type: Callable[[str], str | None] | None = None,
     ) -> None:
+        self._device_type = device_type
         self._devices = devices
         self._baseline_learning = baseline_learning
         self._window_s = baseline_window_s
@@ -168,27 +170,45 @@ class MonitorService:
     def _judge_and_learn(
         self, window: list[FlowRecord], start: float, baselines: dict[str, Baseline]
     ) -> list[Finding]:
+        """Judge one closed window by the device and device-type baselines, then learn from it."""
         begin, end = _utc(start), _utc(start + self._window_s)
         devices = {f.src for f in window}
-        for address in devices - baselines.keys():
-            baselines[address] = Baseline.new(
-                address, Scope.DEVICE, now=begin, learning_s=self._baseline_learning.total_seconds(),
-                window_s=self._window_s,
-            )  # fmt: skip
+        types = self._types_of(devices)
+        for subject, scope in [(a, Scope.DEVICE) for a in devices] + [
+            (f"type:{t}", Scope.TYPE) for t in set(types.values()) if t
+        ]:
+            if subject not in baselines:
+                baselines[subject] = Baseline.new(
+                    subject, scope, now=begin, learning_s=self._baseline_learning.total_seconds(),
+                    window_s=self._window_s,
+                )  # fmt: skip
+        by_type = {t: baselines[f"type:{t}"] for t in set(types.values()) if t}
         findings = list(
-            detect_volume(window, start=begin, end=end, device_types=dict.fromkeys(devices),
-                          device_baselines=baselines, type_baselines={})
+            detect_volume(window, start=begin, end=end, device_types=types, device_baselines=baselines,
+                          type_baselines=by_type)
         )  # fmt: skip
         unexpected, _ = detect_unexpected_destinations(
             window, policy=_NoPolicy(), baselines=baselines, now=end
         )
         findings.extend(unexpected)
-        for address, sample in summarize_window(
-            window, devices, start=start, end=start + self._window_s
-        ).items():
-            baselines[address] = baselines[address].learn(sample, end)
-            self.save_baseline(baselines[address])
+        samples = summarize_window(window, devices, start=start, end=start + self._window_s)
+        for address, sample in samples.items():
+            subjects = [address] + ([f"type:{types[address]}"] if types.get(address) else [])
+            for subject in subjects:  # a type's baseline learns each of its devices' windows
+                baselines[subject] = baselines[subject].learn(sample, end)
+        for subject in {s for a in samples for s in [a, f"type:{types.get(a)}"] if s in baselines}:
+            self.save_baseline(baselines[subject])
         return findings
+
+    def _types_of(self, addresses: set[str]) -> dict[str, str | None]:
+        """The device type of each address's device (None: no device, no type)."""
+        owners = self._addresses()
+        if self._device_type is None:
+            return dict.fromkeys(addresses)
+        return {
+            address: self._device_type(owners[address]) if address in owners else None
+            for address in addresses
+        }
 
     def _loaded_baselines(self) -> dict[str, Baseline]:
         if self._baselines is None:

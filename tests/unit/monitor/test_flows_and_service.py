@@ -161,3 +161,29 @@ def test_the_broker_feed_turns_queued_log_lines_into_alerts(runtime: Runtime) ->
     feed.stop()  # analyses what is queued
     assert [(a.rule, a.address) for a in runtime.alerts.alerts()] == [("bruteforce.mqtt", "10.0.0.78")]
     assert feed.dropped == 0
+
+
+def test_a_volume_spike_is_judged_by_the_device_and_its_type_baselines(runtime: Runtime) -> None:
+    other = "10.0.0.6"
+    monitor = MonitorService(
+        runtime.database, runtime.log, runtime.alerts, lambda: {A: "cam-1", other: "cam-2"}, clock=lambda: T0,
+        baseline_learning=dt.timedelta(0), device_type=lambda device_id: "camera",
+    )  # fmt: skip
+
+    def flows(window: int, octets: int) -> list[FlowRecord]:
+        return [
+            FlowRecord(start=window * 300.0 + at, duration=1.0, src=src, dst="52.1.2.3", sport=40000,
+                       dport=443, proto="tcp", src_bytes=octets, dst_bytes=0, src_packets=10, dst_packets=0)
+            for src in (A, other) for at in (0, 3, 40, 41, 90, 150, 151, 200, 260, 290)
+        ]  # fmt: skip
+
+    for window in range(13):
+        assert monitor.ingest_flows(flows(window, 20_000 + 1000 * (window % 3))).findings == []
+    spike = [f for f in flows(13, 20_000) if f.src == other] + [
+        FlowRecord(start=13 * 300.0 + 7, duration=30.0, src=A, dst="52.1.2.3", sport=40001, dport=443,
+                   proto="tcp", src_bytes=50_000_000, dst_bytes=0, src_packets=40_000, dst_packets=0)
+    ]  # fmt: skip
+    monitor.ingest_flows(spike)
+    report = monitor.ingest_flows(flows(14, 20_000))  # closes window 13
+    assert sorted((f.rule, f.device) for f in report.findings) == [("volume.device", A), ("volume.type", A)]
+    assert {b.subject for b in monitor.baselines()} == {A, other, "type:camera"}

@@ -33,7 +33,7 @@ from fleetguard.enroll.endpoint import open_est_endpoint
 from fleetguard.errors import InvalidInput, Unavailable
 from fleetguard.gateway.endpoint import open_mqtt_endpoint
 from fleetguard.installation import Runtime
-from fleetguard.monitor.endpoint import BrokerFeed, open_flow_collector, open_live_capture
+from fleetguard.monitor.endpoint import BrokerFeed, ViolationWatcher, open_flow_collector, open_live_capture
 from fleetguard.segment.endpoint import open_segment_endpoint
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 segment.evaluate_alone(runtime)
             flows = open_flow_collector(runtime)
             live = open_live_capture(runtime)
+            violations = ViolationWatcher(runtime)
             broker_feed = None
             if mqtt.gateway is not None:  # the supervised broker's log feeds the monitor
                 broker_feed = BrokerFeed(runtime)
@@ -111,6 +112,7 @@ def up_command(ctx: typer.Context, host: Host = None, port: Port = None) -> None
                 with _stop_on_signals(server):
                     _serve(server, listener)
             finally:
+                violations.stop()
                 live.stop()
                 if broker_feed is not None:
                     broker_feed.stop()

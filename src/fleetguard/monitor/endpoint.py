@@ -10,20 +10,31 @@ a port that cannot be bound or a bad setting: ``up`` reports why the collector d
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
-from fleetguard.monitor.alerts import ResponsePolicy
+from fleetguard.monitor.alerts import AlertInput, ResponsePolicy
 from fleetguard.monitor.broker import MosquittoLogParser
 from fleetguard.monitor.collector import FlowCollector
 from fleetguard.monitor.live import LiveCapture
 from fleetguard.monitor.model import FlowRecord
+from fleetguard.monitor.rules import Severity
+from fleetguard.types import parse_utc
 
-__all__ = ["BrokerFeed", "FlowEndpoint", "LiveEndpoint", "open_flow_collector", "open_live_capture"]
+__all__ = [
+    "BrokerFeed",
+    "FlowEndpoint",
+    "LiveEndpoint",
+    "ViolationWatcher",
+    "open_flow_collector",
+    "open_live_capture",
+    "violation_alert",
+]
 
 _MAX_QUEUED_LINES = 100_000
 
@@ -162,3 +173,60 @@ class BrokerFeed:
         self._stop.set()
         self._thread.join(timeout=5)
         self.drain()
+
+
+def violation_alert(event: Mapping[str, object]) -> AlertInput | None:
+    """An alert for a ``segment.violation`` event (the firewall dropped traffic outside the device's
+    MUD policy), or None for any other event. The destination rule's MUD half lives here: the
+    segmentation capability judges flows against the compiled policy where they happen."""
+    if event.get("action") != "segment.violation":
+        return None
+    kind, _, device_id = str(event.get("subject", "")).partition(":")
+    data = event.get("data")
+    if kind != "device" or not device_id or not isinstance(data, Mapping):
+        return None
+    try:
+        at = parse_utc(str(event.get("time", "")))
+    except ValueError:
+        return None
+    target = f"{data.get('destination')} {data.get('protocol')}/{data.get('destination_port')}"
+    return AlertInput(
+        rule="destination.mud", detector="segment", severity=Severity.HIGH, address=str(data.get("source")),
+        reason=f"{data.get('source')} -> {target} is outside the device's MUD policy "
+        f"({data.get('direction')}; dropped at the firewall)",
+        at=at, device_id=device_id, target=target, evidence=dict(data),
+    )  # fmt: skip
+
+
+class ViolationWatcher:
+    """Consumes the event bus (durable ``monitor-violations``) and raises an alert per MUD violation."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._stop = threading.Event()
+        self._subscription = runtime.bus.subscribe("fleetguard.>", "monitor-violations")
+        self._thread = threading.Thread(target=self._run, name="monitor-violations", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for delivery in self._subscription.fetch(64, timeout_s=0.2):
+                    self._handle(delivery.payload)
+                    delivery.ack()
+        finally:
+            self._subscription.close()
+
+    def _handle(self, payload: bytes) -> None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        alert = violation_alert(event) if isinstance(event, dict) else None
+        if alert is not None:
+            self._runtime.alerts.raise_alert(alert)
+
+    def stop(self) -> None:
+        """Stop consuming."""
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -187,3 +187,33 @@ def test_a_volume_spike_is_judged_by_the_device_and_its_type_baselines(runtime: 
     report = monitor.ingest_flows(flows(14, 20_000))  # closes window 13
     assert sorted((f.rule, f.device) for f in report.findings) == [("volume.device", A), ("volume.type", A)]
     assert {b.subject for b in monitor.baselines()} == {A, other, "type:camera"}
+
+
+def test_a_segmentation_violation_on_the_bus_becomes_an_alert(runtime: Runtime) -> None:
+    import time
+
+    from fleetguard.events.entry import NewEvent
+    from fleetguard.inventory.service import device_event_subject
+    from fleetguard.monitor.endpoint import ViolationWatcher, violation_alert
+
+    assert violation_alert({"action": "device.updated", "subject": "device:cam-1"}) is None
+    watcher = ViolationWatcher(runtime)
+    try:
+        with runtime.database.transaction() as session:
+            runtime.log.append(
+                session,
+                NewEvent(actor="segment", subject=device_event_subject("cam-1"), action="segment.violation",
+                         data={"source": A, "destination": "198.51.100.7", "protocol": "tcp",
+                               "destination_port": 6667, "direction": "from-device"}),
+                now=T0,
+            )  # fmt: skip
+        runtime.relay.notify()
+        runtime.relay.pump()
+        deadline = time.monotonic() + 10
+        while not runtime.alerts.alerts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    (alert,) = runtime.alerts.alerts()
+    assert (alert.rule, alert.device_id, alert.severity) == ("destination.mud", "cam-1", "high")
+    assert "198.51.100.7 tcp/6667 is outside the device's MUD policy" in alert.reason

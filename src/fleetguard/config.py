@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Live capture (AF_PACKET, root) of one interface into the monitor: rules, and the anomaly model
     # once `fleetguard monitor train` made one. Empty: off.
     monitor_interface: str = Field(default="", pattern=r"^[A-Za-z0-9_.:@-]{0,15}$")
+    # SIEM export of every new alert: RFC 5424 syslog over UDP with a CEF message (host:port), and a
+    # JSON webhook (http(s) URL). Empty: off.
+    alert_syslog: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_.:-]{1,253}:[0-9]{1,5}$")
+    alert_webhook: str = Field(default="", pattern=r"^$|^https?://[^\s]{1,2000}$")
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     @property

@@ -172,6 +172,11 @@ class AlertService:
         self._recent: dict[str, deque[dt.datetime]] = {}
         self.suppressed = 0
 
+    def configure(self, policy: ResponsePolicy, sinks: Sequence[AlertSink]) -> None:
+        """Replace the response policy and the sinks (``fleetguard up`` applies its settings)."""
+        self.policy = policy
+        self._sinks = tuple(sinks)
+
     def raise_alert(self, alert: AlertInput) -> Alert | None:
         """Store ``alert`` (or count a repeat of an open one); return it, or None when rate limited."""
         subject = alert.device_id or alert.address

@@ -1,4 +1,6 @@
-"""The monitor's part of ``fleetguard up``: the NetFlow/IPFIX collector feeding the detectors.
+"""The monitor's part of ``fleetguard up``: the NetFlow/IPFIX collector, live capture, the broker's
+log and segmentation's violations feeding the detectors; alerts exported to the configured SIEM
+sinks (``FLEETGUARD_ALERT_SYSLOG``, ``FLEETGUARD_ALERT_WEBHOOK``).
 
 :func:`open_flow_collector` starts :class:`fleetguard.monitor.collector.FlowCollector` on
 ``FLEETGUARD_NETFLOW_PORT`` for the exporters in ``FLEETGUARD_NETFLOW_EXPORTERS``; every batch of
@@ -16,9 +18,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fleetguard.config import Settings
 from fleetguard.errors import FleetguardError
 from fleetguard.installation import Runtime
-from fleetguard.monitor.alerts import AlertInput, ResponsePolicy
+from fleetguard.monitor.alerts import AlertInput, AlertSink, ResponsePolicy, SyslogSink, WebhookSink
 from fleetguard.monitor.broker import MosquittoLogParser
 from fleetguard.monitor.collector import FlowCollector
 from fleetguard.monitor.live import LiveCapture
@@ -54,10 +57,20 @@ class FlowEndpoint:
             self.collector.stop()
 
 
+def _sinks(settings: Settings) -> list[AlertSink]:
+    sinks: list[AlertSink] = []
+    if settings.alert_syslog:
+        host, _, port = settings.alert_syslog.rpartition(":")
+        sinks.append(SyslogSink(host, int(port)))
+    if settings.alert_webhook:
+        sinks.append(WebhookSink(settings.alert_webhook))
+    return sinks
+
+
 def open_flow_collector(runtime: Runtime) -> FlowEndpoint:
     """Start the collector when configured; return it with a one-line summary for the banner."""
     settings = runtime.settings
-    runtime.alerts.policy = ResponsePolicy(quarantine_at=settings.monitor_quarantine_at)
+    runtime.alerts.configure(ResponsePolicy(quarantine_at=settings.monitor_quarantine_at), _sinks(settings))
     if settings.netflow_port == 0:
         return FlowEndpoint(None, "flow collector off (FLEETGUARD_NETFLOW_PORT=0)")
     exporters = [value.strip() for value in settings.netflow_exporters.split(",") if value.strip()]

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -27,7 +28,6 @@ from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
 from fleetguard.monitor.alerts import Alert, AlertInput, AlertService
-from fleetguard.monitor.anomaly import AnomalyFinding, AnomalyModel, anomalies, train_model
 from fleetguard.monitor.baseline import Baseline, Scope, summarize_window
 from fleetguard.monitor.broker import BrokerEvent, BrokerFinding, BrokerMonitor
 from fleetguard.monitor.discovery import Discovery
@@ -47,6 +47,9 @@ from fleetguard.monitor.rules import (
 )
 from fleetguard.store.database import Database
 from fleetguard.store.models import MonitorBaselineRow, MonitorDiscoveredRow
+
+if TYPE_CHECKING:  # numba compiles on import: the anomaly model loads only where it is used
+    from fleetguard.monitor.anomaly import AnomalyFinding, AnomalyModel
 
 __all__ = ["AddressBook", "DiscoveryState", "IngestReport", "MonitorService", "owners_from_bindings"]
 
@@ -219,6 +222,8 @@ class MonitorService:
         """Learn the anomaly model from benign ``packets`` and keep it (replacing the previous one)."""
         if self.model_path is None:
             raise InvalidInput("this monitor has no place to keep a model")
+        from fleetguard.monitor.anomaly import train_model
+
         model = train_model(packets)
         model.save(self.model_path)
         self._model = model
@@ -235,6 +240,8 @@ class MonitorService:
     def model(self) -> AnomalyModel | None:
         """The trained model, loaded once (None: never trained)."""
         if self._model is None and self.model_path is not None and self.model_path.exists():
+            from fleetguard.monitor.anomaly import AnomalyModel
+
             self._model = AnomalyModel.load(self.model_path)
         return self._model
 
@@ -256,6 +263,8 @@ class MonitorService:
         report.suppressed += extra.suppressed
         model = self.model()
         if model is not None and len(packets):
+            from fleetguard.monitor.anomaly import anomalies
+
             self._raise_anomalies(report, anomalies(model, packets))
         return report
 

@@ -14,10 +14,28 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import typer.testing
 
 from fleetguard.store.database import Database, open_database
 
 POSTGRES_ENV = "FLEETGUARD_TEST_POSTGRES_URL"
+
+# typer's CliRunner converts the whole Typer app into click commands on every invoke (every option of
+# every group, through typing introspection): with all of fleetguard's groups that is most of a
+# command's time in the CLI tests. The commands do not change while the tests run, so convert each
+# app once. (typer.testing._get_command is private; this is the test harness only.)
+_COMMANDS: dict[int, tuple[typer.Typer, object]] = {}  # the app is kept: its id stays its own
+_get_command = typer.testing._get_command
+
+
+def _cached_get_command(app: typer.Typer) -> object:
+    cached = _COMMANDS.get(id(app))
+    if cached is None:
+        cached = _COMMANDS[id(app)] = (app, _get_command(app))
+    return cached[1]
+
+
+typer.testing._get_command = _cached_get_command  # type: ignore[assignment]
 
 
 def postgres_url_or_skip() -> str:

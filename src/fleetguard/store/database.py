@@ -26,6 +26,7 @@ say what happened and what to do.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import threading
 import time
@@ -281,15 +282,36 @@ def open_database(url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True
 
 
 def upgrade_schema(engine: Engine) -> None:
-    """Apply every pending alembic migration to ``engine``'s database."""
+    """Apply every pending alembic migration to ``engine``'s database.
+
+    A database already at the newest revision is left alone after one query: every command opens
+    the database, and loading alembic's migration scripts each time (they are compiled on load)
+    would cost more than the command itself.
+    """
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
 
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and current == _head_revision():
+        return
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@functools.cache
+def _head_revision() -> str | None:
+    """The newest migration's revision (the scripts are read once per process)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def _create_engine(url: str, busy_timeout_ms: int) -> Engine:

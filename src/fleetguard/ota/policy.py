@@ -33,6 +33,8 @@ __all__ = [
     "target_to_dict",
 ]
 
+_MAX_SECONDS = 100 * 365 * 86400  # a century: far beyond any wave, phase or retry setting
+
 DEFAULT_WAVES: tuple[tuple[str, int], ...] = (("canary", 10_000), ("early", 100_000), ("broad", PPM))
 """Canary 1 %, then up to 10 %, then everyone (hawkBit's and Mender's usual first phases)."""
 
@@ -124,6 +126,8 @@ def _wave(value: Mapping[str, Any]) -> WaveSpec:
 def _seconds(value: object) -> dt.timedelta:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{value!r} is not a number of seconds")
+    if not abs(value) <= _MAX_SECONDS:  # also NaN; timedelta itself overflows near 2.7e12 days
+        raise ValueError(f"{value!r} seconds is out of range")
     return dt.timedelta(seconds=value)
 
 

@@ -258,3 +258,11 @@ def test_the_stored_target_is_plain_json() -> None:
 def test_a_malformed_stored_target_is_refused(stored: dict[str, Any], message: str) -> None:
     with pytest.raises(PlanInvalid, match=message):
         target_from_dict(stored)
+
+
+@pytest.mark.parametrize("seconds", [-86_399_999_913_601, 1e300, float("nan"), float("inf")])
+def test_a_duration_beyond_any_setting_is_refused_not_an_overflow(seconds: float) -> None:
+    stored = copy.deepcopy(_stored())
+    stored["waves"][0]["soak_s"] = seconds
+    with pytest.raises(PlanInvalid, match="stored rollout policy is malformed"):
+        policy_from_dict(stored)

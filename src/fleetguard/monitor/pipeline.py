@@ -26,7 +26,7 @@ from fleetguard.monitor.evaluation import Evaluation, evaluate
 from fleetguard.monitor.features import FeatureExtractor
 from fleetguard.monitor.model import PacketColumns
 
-__all__ = ["PipelineRun", "Stages", "evaluate_packets", "score_features"]
+__all__ = ["PipelineRun", "Stages", "evaluate_packets"]
 
 _BATCH = 65536
 
@@ -107,11 +107,6 @@ def evaluate_packets(
     stages = Stages(read_s, features_s, train_s, score_s, len(packets), train_rows, len(scores))
     evaluation = evaluate(scores, test_labels, seconds=1.0 / stages.pipeline_per_s * len(scores))
     return PipelineRun(evaluation, stages, features, labels, scores, train_rows)
-
-
-def score_features(detector: EnsembleDetector, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Score rows with a trained detector (``TrainingIncomplete`` before it is trained)."""
-    return detector.score(features)
 
 
 def _default_detector(map_rows: int, train_rows: int) -> EnsembleDetector:

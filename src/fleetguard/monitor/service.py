@@ -317,8 +317,11 @@ class MonitorService:
         return report
 
     def _known_device(self, device_id: str | None) -> str | None:
-        if device_id is None or self._devices is None:
-            return device_id if device_id in set(self._addresses().values()) else None
+        """``device_id`` when the inventory (or, without one, the address book) knows it, else None."""
+        if device_id is None:
+            return None
+        if self._devices is None:
+            return device_id if device_id in self._addresses().values() else None
         return device_id if self._devices([device_id]) else None
 
     def save_baseline(self, baseline: Baseline) -> None:

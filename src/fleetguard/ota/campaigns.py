@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from securesystemslib.signer import Signer
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Targets
 
@@ -79,7 +79,13 @@ from fleetguard.ota.rollout import (
 from fleetguard.ota.scope import RolloutScope
 from fleetguard.ota.wire import CheckIn, CheckInReply, StepReport
 from fleetguard.store.database import Database
-from fleetguard.store.models import OtaCampaignDeviceRow, OtaCampaignRow, OtaDeltaRow, OtaDeviceStatusRow
+from fleetguard.store.models import (
+    OtaCampaignDeviceRow,
+    OtaCampaignRow,
+    OtaDeltaRow,
+    OtaDeviceStatusRow,
+    OtaReleaseRow,
+)
 
 __all__ = ["Campaign", "CampaignService", "WaveView"]
 
@@ -623,33 +629,27 @@ class CampaignService:
 
     def _director_target(self, found: _Enrolment, request: CheckIn) -> DirectorTarget:
         release = self._releases.by_id(found.release_id)
+        installed = (
+            select(OtaReleaseRow.sha256)
+            .where(
+                OtaReleaseRow.hardware_id == release.hardware_id,
+                OtaReleaseRow.release_counter == request.release_counter,
+                OtaReleaseRow.release == request.release,
+            )
+            .scalar_subquery()
+        )
         with self._database.reading() as session:
             delta = session.scalars(
-                select(OtaDeltaRow.target_path)
-                .join(OtaDeviceStatusRow, and_(OtaDeviceStatusRow.hardware_id == OtaDeltaRow.hardware_id))
-                .where(
-                    OtaDeltaRow.to_sha256 == release.sha256, OtaDeltaRow.hardware_id == release.hardware_id
+                select(OtaDeltaRow.target_path).where(
+                    OtaDeltaRow.hardware_id == release.hardware_id, OtaDeltaRow.to_sha256 == release.sha256,
+                    OtaDeltaRow.from_sha256 == installed,
                 )
-                .where(
-                    OtaDeltaRow.from_sha256 == self._installed_sha256(session, release.hardware_id, request)
-                )
-            ).first()
+            ).first()  # fmt: skip
         return DirectorTarget(
             path=release.target_path, length=release.length, sha256=release.sha256,
             hardware_id=release.hardware_id, release_counter=release.release_counter,
             campaign=found.campaign_id, delta_path=delta,
         )  # fmt: skip
-
-    def _installed_sha256(self, session: Session, hardware_id: str, request: CheckIn) -> str | None:
-        from fleetguard.store.models import OtaReleaseRow
-
-        return session.scalar(
-            select(OtaReleaseRow.sha256).where(
-                OtaReleaseRow.hardware_id == hardware_id,
-                OtaReleaseRow.release_counter == request.release_counter,
-                OtaReleaseRow.release == request.release,
-            )
-        )
 
     def _record_status(self, device_id: str, request: CheckIn, status: Any, now: dt.datetime) -> None:
         unchanged = (

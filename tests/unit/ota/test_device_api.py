@@ -67,9 +67,12 @@ def api(ota: Ota, monkeypatch: pytest.MonkeyPatch) -> Api:
     ota.publish(ota.images.v2, "2.0", 2)
     for device_id in ("cam-0", "cam-1"):
         ota.register(device_id)
+    chains = _chain(ota, "cam-0"), _chain(ota, "cam-1")
+    # The desk's clock starts after the certificates were issued: a clock taken before them could be
+    # a second behind their notBefore, and the certificates not valid yet.
     clock = Clock(utc_now())
     routes = OtaDeviceRoutes(ota.repositories, ota.campaigns, ota.runtime.pki, clock=clock)
-    return Api(ota, routes, clock, _chain(ota, "cam-0"), _chain(ota, "cam-1"))
+    return Api(ota, routes, clock, *chains)
 
 
 def _problem(response: EstResponse | FileResponse) -> tuple[int, str, str]:

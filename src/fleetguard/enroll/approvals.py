@@ -42,6 +42,7 @@ from fleetguard.events.log import EventLog
 from fleetguard.inventory.service import device_event_subject
 from fleetguard.pki.csr import ValidatedCsr
 from fleetguard.store.database import Database
+from fleetguard.store.errors import DuplicateKey
 from fleetguard.store.models import EnrollmentRequestRow
 from fleetguard.types import Sha256
 
@@ -115,8 +116,28 @@ class ApprovalQueue:
     ) -> QueuedRequest:
         """Queue a request (or return the device's pending one) and log ``enroll.queued``.
 
-        Raises ``EnrollmentThrottled`` when ``max_pending`` requests wait already.
+        Raises ``EnrollmentThrottled`` when ``max_pending`` requests wait already. Two first requests
+        of one device at once queue one request: the database holds at most one pending request per
+        (manufacturer, serial), and the request that loses the race is answered with the winner's.
         """
+        try:
+            return self._enqueue(identity, csr, device_id=device_id, source=source, reason=reason, now=now)
+        except DuplicateKey:
+            winner = self.latest(identity.manufacturer, identity.serial)
+            if winner is None or winner.status is not RequestStatus.PENDING:
+                raise  # a refusal for another reason: nothing to answer with
+            return winner
+
+    def _enqueue(
+        self,
+        identity: FactoryIdentity,
+        csr: ValidatedCsr,
+        *,
+        device_id: str | None,
+        source: str,
+        reason: str,
+        now: dt.datetime,
+    ) -> QueuedRequest:
         with self._db.transaction() as session:
             latest = _latest(session, identity.manufacturer, identity.serial)
             if latest is not None and latest.status == RequestStatus.PENDING.value:
@@ -133,6 +154,7 @@ class ApprovalQueue:
                 )
             row = _new_row(identity, csr, device_id=device_id, source=source, now=now)
             session.add(row)
+            session.flush()  # a concurrent first request of the same device is refused here
             self._log.append(
                 session,
                 NewEvent(actor=f"est:{row.source}", subject=request_subject(row.id, device_id),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -305,6 +306,15 @@ class EnrollmentRequestRow(Base):
     __table_args__ = (
         Index("ix_enroll_requests_status", "status", "created_at"),
         Index("ix_enroll_requests_device", "manufacturer", "device_serial"),
+        # One pending request per device: concurrent first requests cannot queue it twice.
+        Index(
+            "uq_enroll_requests_pending",
+            "manufacturer",
+            "device_serial",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -42,6 +42,7 @@ from fleetguard.enroll import (
     RuleMode,
     TokenRejected,
     TokenStatus,
+    approvals,
 )
 from fleetguard.enroll.identity import MUD_URL_OID
 from fleetguard.enroll.service import STALE_APPROVAL
@@ -484,6 +485,29 @@ def test_pending_request_is_approved_then_handed_out(setup: Setup) -> None:
     assert delivered.serial == record.serial
     assert len(_certificates(setup.runtime)) == 1
     assert [a[0] for a in _events(setup.runtime, "enroll.approved")] == ["alice"]
+    assert len(_events(setup.runtime, "enroll.queued")) == 1
+
+
+def test_concurrent_first_requests_of_one_device_queue_one_request(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup.service.set_rule("Acme", "Cam-Q", RuleMode.APPROVE, actor="ops", now=setup.now)
+    chain = setup.acme.idevid("ACME-9", "Cam-Q")
+    key = _key()
+    first = setup.service.enroll(_request(_csr(key), chain=chain), now=setup.now)
+    assert isinstance(first, Pending)
+    # The second request read the queue before the first committed (PostgreSQL's read committed lets
+    # both through): its two lookups see no pending request, so it tries to insert one of its own.
+    real = approvals._latest
+    blind = iter((None, None))
+    monkeypatch.setattr(approvals, "_latest", lambda *args: next(blind, real(*args)))
+
+    second = setup.service.enroll(_request(_csr(key), chain=chain), now=setup.now)
+
+    assert second == first
+    assert next(blind, "spent") == "spent"  # the race was taken: both blind lookups were used
+    [queued] = setup.service.requests()
+    assert queued.id == first.request_id
     assert len(_events(setup.runtime, "enroll.queued")) == 1
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import event, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 
-from fleetguard.store.database import Database, open_database
+from fleetguard.store.database import _MIGRATIONS, Database, open_database
 from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey, StoreUnavailable
 from fleetguard.store.models import Base, DeviceRow, EventHeadRow, SiteRow
 from fleetguard.types import utc_now
@@ -37,6 +39,44 @@ def test_migrations_are_idempotent_on_reopen(database_url: str) -> None:
         heads = session.execute(select(EventHeadRow.id, EventHeadRow.seq)).all()
     db.close()
     assert [tuple(h) for h in heads] == [(1, 0)]
+
+
+def test_migration_0010_keeps_duplicate_pending_requests_as_rejected(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009")
+    row = (
+        "INSERT INTO enroll_requests VALUES (:id, :status, 'Acme', 'Cam', :serial, NULL, :h, :h, :h,"
+        " 'x', :at, NULL, NULL, '', NULL)"
+    )
+    rows = [
+        ("old", "pending", "S-1", "2026-01-01 00:00:00"),
+        ("new", "pending", "S-1", "2026-01-02 00:00:00"),
+        ("other", "pending", "S-2", "2026-01-01 00:00:00"),
+        ("done", "approved", "S-1", "2025-12-01 00:00:00"),
+    ]
+    with engine.begin() as connection:
+        for request_id, status, serial, at in rows:
+            connection.execute(
+                text(row), {"id": request_id, "status": status, "serial": serial, "h": b"h" * 32, "at": at}
+            )
+    engine.dispose()
+
+    db = open_database(url)  # upgrades to the head
+    with db.reading() as session:
+        after = session.execute(text("SELECT id, status, reason FROM enroll_requests ORDER BY id")).all()
+    db.close()
+
+    assert [tuple(r) for r in after] == [
+        ("done", "approved", ""),
+        ("new", "pending", ""),
+        ("old", "rejected", "duplicate of pending request new (migration 0010)"),
+        ("other", "pending", ""),
+    ]
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

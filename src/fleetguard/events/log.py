@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetguard.errors import InvalidInput, NotFound
@@ -52,6 +52,7 @@ from fleetguard.events.merkle import (
     inclusion_proof,
 )
 from fleetguard.store.database import Database
+from fleetguard.store.driver import DriverRow, DriverTransaction, Prepared
 from fleetguard.store.errors import DuplicateKey
 from fleetguard.store.models import Base, CheckpointRow, EventHeadRow, EventRow
 
@@ -82,6 +83,9 @@ _SET_HEAD = (
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
 _INSERT_ENTRY = insert(_EVENTS)
+_PREPARED_LOCK_HEAD = Prepared(_LOCK_HEAD)
+_PREPARED_SET_HEAD = Prepared(_SET_HEAD)
+_PREPARED_INSERT_ENTRY = Prepared(_INSERT_ENTRY)
 
 _COLUMNS = (
     EventRow.seq,
@@ -187,32 +191,27 @@ class EventLog:
         if not events:
             return []
         time_us = to_micros(now)
-        seq, prev = self._lock_head(session)
-        entries: list[EventEntry] = []
-        for event in events:
-            seq += 1
-            data = event.canonical_data
-            digest = entry_hash(
-                seq, time_us, prev, event.actor, event.subject, event.action, event.reason, data
-            )
-            entries.append(
-                EventEntry(
-                    seq, now, event.actor, event.subject, event.action, event.reason, data, prev,
-                    digest,
-                )
-            )  # fmt: skip
-            prev = digest
         connection = session.connection()
+        entries = _chained(_head(connection.execute(_LOCK_HEAD).one_or_none()), events, now)
         connection.execute(_INSERT_ENTRY, [_row_values(entry, time_us) for entry in entries])
-        connection.execute(_SET_HEAD, {"new_seq": seq, "new_hash": prev})
+        connection.execute(_SET_HEAD, {"new_seq": entries[-1].seq, "new_hash": entries[-1].hash})
         return entries
 
-    @staticmethod
-    def _lock_head(session: Session) -> tuple[int, bytes]:
-        row = session.connection().execute(_LOCK_HEAD).one_or_none()
-        if row is None:
-            raise EventLogError("event log head row is missing; the schema was not migrated")
-        return int(row.seq), bytes(row.hash)
+    def append_in(
+        self, transaction: DriverTransaction, events: Sequence[NewEvent], *, now: dt.datetime
+    ) -> list[EventEntry]:
+        """Append ``events`` as :meth:`append_many` does, inside a driver-level ``transaction``.
+
+        The same statements, prepared once (:mod:`fleetguard.store.driver`), for the hot paths
+        that record in such a transaction.
+        """
+        if not events:
+            return []
+        time_us = to_micros(now)
+        entries = _chained(_head(transaction.first(_PREPARED_LOCK_HEAD)), events, now)
+        transaction.execute_many(_PREPARED_INSERT_ENTRY, [_row_values(entry, time_us) for entry in entries])
+        transaction.execute(_PREPARED_SET_HEAD, {"new_seq": entries[-1].seq, "new_hash": entries[-1].hash})
+        return entries
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -530,6 +529,29 @@ def _root(leaves: Sequence[bytes]) -> bytes:
     for leaf in leaves:
         frontier.append(leaf)
     return frontier.root()
+
+
+def _head(row: Row[int, bytes] | DriverRow | None) -> tuple[int, bytes]:
+    """Return (seq, hash) of the locked head row; raise ``EventLogError`` when it is missing."""
+    if row is None:
+        raise EventLogError("event log head row is missing; the schema was not migrated")
+    return int(row.seq), bytes(row.hash)
+
+
+def _chained(head: tuple[int, bytes], events: Sequence[NewEvent], now: dt.datetime) -> list[EventEntry]:
+    """Return ``events`` as the entries that follow ``head``: numbered, each hashed over its predecessor."""
+    seq, prev = head
+    time_us = to_micros(now)
+    entries: list[EventEntry] = []
+    for event in events:
+        seq += 1
+        data = event.canonical_data
+        digest = entry_hash(seq, time_us, prev, event.actor, event.subject, event.action, event.reason, data)
+        entries.append(
+            EventEntry(seq, now, event.actor, event.subject, event.action, event.reason, data, prev, digest)
+        )
+        prev = digest
+    return entries
 
 
 def _entry(row: object) -> EventEntry:

@@ -72,6 +72,7 @@ from fleetguard.pki.renewal import (
 from fleetguard.pki.revocation import RevocationReason, RevokedEntry, partition_of
 from fleetguard.private_file import replace_private_file
 from fleetguard.store.database import Database
+from fleetguard.store.driver import DriverRow, Prepared
 from fleetguard.store.errors import DuplicateKey
 from fleetguard.store.models import AuthorityRow, Base, CertificateRow
 from fleetguard.types import utc_now
@@ -94,13 +95,20 @@ _SERIAL_ATTEMPTS = 3
 _AUTHORITY_RECHECK_S = 1.0
 _MAX_PAGE = 10_000
 _CERTIFICATES = Base.metadata.tables["pki_certificates"]
-# Built once: on the renewal and OCSP paths, building a statement costs more than running it.
-# Core rows, not ORM objects, for the same reason.
-_BY_SERIAL = select(_CERTIFICATES).where(_CERTIFICATES.c.serial == bindparam("serial"))
-_STATUS_FOR_UPDATE = (
+_DEVICES = Base.metadata.tables["devices"]
+# Prepared once and run on the driver (fleetguard.store.driver): on the renewal and OCSP paths,
+# SQLAlchemy's execution layer costs more than the database takes to run these statements.
+_BY_SERIAL = Prepared(select(_CERTIFICATES).where(_CERTIFICATES.c.serial == bindparam("serial")))
+_STATUS_FOR_UPDATE = Prepared(
     select(_CERTIFICATES.c.status).where(_CERTIFICATES.c.serial == bindparam("serial")).with_for_update()
 )
+# Inventory.locked_state's statement, for a driver-level transaction: the device row is share-locked
+# (FOR SHARE on PostgreSQL; SQLite serializes write transactions) until the certificate is recorded.
+_DEVICE_STATE = Prepared(
+    select(_DEVICES.c.state).where(_DEVICES.c.id == bindparam("device_id")).with_for_update(read=True)
+)
 _INSERT_CERTIFICATE = insert(_CERTIFICATES)
+_RECORD_CERTIFICATE = Prepared(_INSERT_CERTIFICATE)
 _PROGRESS_STEP = 1000
 
 
@@ -622,19 +630,21 @@ class CertificateService:
         A device certificate needs its device in an issuable state, and a renewal the certificate it
         renews unrevoked, both as of this transaction: a quarantine or revocation that commits while
         the certificate is signed refuses it (``IssuanceRefused``, ``DeviceNotFound``). Core
-        statements on the session's connection: on the renewal path the ORM's unit of work would
-        cost more than the rest of the transaction.
+        statements prepared once, on the driver: on the renewal path SQLAlchemy's session and
+        execution layers cost more than the rest of the transaction.
         """
-        with self._db.transaction() as session:
+        with self._db.driver_transaction() as transaction:
             if record.device_id is not None:
-                _require_issuable(record.device_id, self._inventory.locked_state(session, record.device_id))
-            connection = session.connection()
+                device = transaction.first(_DEVICE_STATE, {"device_id": record.device_id})
+                _require_issuable(record.device_id, None if device is None else State(device.state))
             if record.renewed_from is not None:
-                status = connection.execute(_STATUS_FOR_UPDATE, {"serial": _hex(record.renewed_from)})
-                if status.scalar_one() == CertificateStatus.REVOKED.value:
+                renewed = transaction.first(_STATUS_FOR_UPDATE, {"serial": _hex(record.renewed_from)})
+                if renewed is None:
+                    raise CertificateNotFound(f"no certificate with serial {record.renewed_from:x} to renew")
+                if renewed.status == CertificateStatus.REVOKED.value:
                     raise _revoked(record.renewed_from)
-            connection.execute(_INSERT_CERTIFICATE, _row_values(record, now))
-            self._log.append(session, _record_event(record, actor), now=now)
+            transaction.execute(_RECORD_CERTIFICATE, _row_values(record, now))
+            self._log.append_in(transaction, [_record_event(record, actor)], now=now)
 
     def _issued_record(
         self,
@@ -776,8 +786,8 @@ class CertificateService:
 
     def find_certificate(self, serial: int) -> CertificateRecord | None:
         """Return the record of ``serial``, or None (for OCSP's "unknown")."""
-        with self._db.reading() as session:
-            row = session.connection().execute(_BY_SERIAL, {"serial": _hex(serial)}).one_or_none()
+        with self._db.driver_reading() as reading:
+            row = reading.first(_BY_SERIAL, {"serial": _hex(serial)})
         return None if row is None else _certificate(row)
 
     def certificates(
@@ -935,7 +945,7 @@ def _authority(row: AuthorityRow) -> AuthorityRecord:
     return AuthorityRecord(row.id, row.role, row.status, x509.load_der_x509_certificate(row.der), row.key_ref)
 
 
-def _certificate(row: CertificateRow | Row[Any]) -> CertificateRecord:
+def _certificate(row: CertificateRow | Row[Any] | DriverRow) -> CertificateRecord:
     return CertificateRecord(
         serial=int(row.serial, 16), device_id=row.device_id, profile=row.profile, subject=row.subject,
         issuer_id=row.issuer_id, crl_partition=row.crl_partition, not_before=row.not_before,

@@ -19,8 +19,17 @@ keeps it correct either way.
 
 Read-only work uses :meth:`Database.reading`, which starts a plain deferred ``BEGIN``: in WAL mode
 readers never block writers, so a long ``events verify`` or export does not stall the API's writes.
+:meth:`Database.driver_transaction` and :meth:`Database.driver_reading` are the same two kinds of
+transaction for statements prepared once and run on the driver (:mod:`fleetguard.store.driver`),
+without SQLAlchemy's session and execution layers: the hot paths (re-enrollment) use them.
 Driver exceptions never leave this module: they become :mod:`fleetguard.store.errors` leaves that
 say what happened and what to do.
+
+Durability. SQLite runs with ``synchronous=NORMAL`` in WAL mode: a commit is atomic and consistent,
+and survives a crash of the process; a power loss or an operating-system crash may roll back the
+last transactions committed before it (those not yet checkpointed into the database file), never
+corrupt the database or the event log's hash chain. Installations that need every acknowledged
+write to survive a power loss use PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from fleetguard.store.driver import DriverTransaction
 from fleetguard.store.errors import ConcurrentUpdate, DuplicateKey, StoreUnavailable
 
 __all__ = ["Database", "open_database"]
@@ -99,6 +109,55 @@ class Database:
             yield session
 
     @contextmanager
+    def driver_transaction(self) -> Iterator[DriverTransaction]:
+        """Yield a write transaction for prepared statements; commit on success, roll back on any error.
+
+        The same rules as :meth:`transaction` (the writer queue and ``BEGIN IMMEDIATE`` on SQLite)
+        and the same errors: ``DuplicateKey``, ``StoreUnavailable``.
+        """
+        with self._writers or nullcontext(), self._driver("BEGIN IMMEDIATE") as transaction:
+            yield transaction
+
+    @contextmanager
+    def driver_reading(self) -> Iterator[DriverTransaction]:
+        """Yield a read transaction for prepared statements (never the write lock on SQLite).
+
+        Raises ``StoreUnavailable`` as :meth:`reading` does.
+        """
+        with self._driver("BEGIN") as transaction:
+            yield transaction
+
+    @contextmanager
+    def _driver(self, begin: str) -> Iterator[DriverTransaction]:
+        dialect = self.engine.dialect
+        dbapi = dialect.loaded_dbapi
+        try:
+            connection = self.engine.raw_connection()
+        except (IntegrityError, OperationalError) as exc:  # the pool translated a failure to connect
+            raise _store_error(exc) from exc
+        cursor = None
+        try:
+            cursor = connection.cursor()
+            if self.is_sqlite:  # pysqlite runs without its own transactions (_configure_sqlite)
+                cursor.execute(begin)
+            yield DriverTransaction(cursor, dialect)
+            connection.commit()
+        except dbapi.Error as exc:
+            _roll_back(connection, dbapi.Error)
+            if dialect.is_disconnect(exc, connection.driver_connection, cursor):
+                connection.invalidate(exc)
+            # SQLAlchemy's own translation of a driver error, then ours, as for a session.
+            wrapped = DBAPIError.instance(None, None, exc, dbapi.Error, dialect=dialect)
+            if isinstance(wrapped, IntegrityError | OperationalError):
+                raise _store_error(wrapped) from exc
+            raise wrapped from exc
+        except BaseException:
+            _roll_back(connection, dbapi.Error)
+            raise
+        finally:
+            connection.close()  # back to the pool
+
+    @contextmanager
     def _translated(self, session: Session) -> Iterator[Session]:
         try:
             with session.begin():
@@ -108,10 +167,8 @@ class Database:
                 "the record was changed by someone else since it was read",
                 hint="read it again and retry",
             ) from exc
-        except IntegrityError as exc:
-            raise DuplicateKey(f"constraint refused the change: {_driver_message(exc)}") from exc
-        except OperationalError as exc:
-            raise _unavailable(exc) from exc
+        except (IntegrityError, OperationalError) as exc:
+            raise _store_error(exc) from exc
         finally:
             session.close()
 
@@ -343,6 +400,19 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(_READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _roll_back(connection: Any, driver_error: type[Exception]) -> None:
+    # The transaction failed already: that error is the one to report. A connection too broken to
+    # roll back is invalidated by the caller, or reset by the pool when it is returned.
+    with suppress(driver_error):
+        connection.rollback()
+
+
+def _store_error(exc: IntegrityError | OperationalError) -> DuplicateKey | StoreUnavailable:
+    if isinstance(exc, IntegrityError):
+        return DuplicateKey(f"constraint refused the change: {_driver_message(exc)}")
+    return _unavailable(exc)
 
 
 def _driver_message(exc: DBAPIError) -> str:

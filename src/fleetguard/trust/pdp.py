@@ -1,12 +1,28 @@
-"""The policy decision point: Cedar evaluation of one request, with a bounded cache.
+"""The policy decision point: Cedar's decision for one request, compiled, with a bounded cache.
 
 Theory of operation. A request names a device (its :class:`DeviceFacts`), an action and a resource.
-The device and its candidate resources become Cedar entities once per distinct set of facts
-(parsed by cedarpy into an ``Entities`` handle, kept in a small LRU), so a decision costs one
-``is_authorized`` call against pre-parsed policies and entities. Decisions are cached by
-``(policy digest, facts, action, resource, context)``: any change of an input (a state change, a
-revocation, a posture or risk change, a new policy set) is a different key, so the cache never
-answers from stale inputs, and it is bounded (LRU).
+Its entities are the device and every resource the device may ask for (the broker, its own topics
+and its type's topics) plus the requested resource: the same entities whichever request is asked
+first, so a decision depends on its inputs only.
+
+A policy set is decided by one of two evaluators with the same answers:
+
+* the compiled evaluator (:mod:`fleetguard.trust.compiled`): Cedar's own JSON form of the set,
+  compiled into Python closures when the set is loaded, so an uncached decision costs microseconds;
+* cedarpy, the reference: the request and its entities are encoded as JSON and parsed by cedarpy
+  (the parse of a device's entities is kept in a small LRU), then ``is_authorized`` decides against
+  the pre-parsed policies. cedarpy decides every set the compiler does not cover (an extension
+  function such as ``ip`` or ``decimal``, a template, deep nesting), and every request whose facts
+  are not of the schema's types (cedarpy's reading of those is the one that counts: a risk outside
+  Cedar's 64-bit Long is refused as ``TrustInputInvalid``).
+
+cedarpy parses and validates every set either way (:mod:`fleetguard.trust.policy`); the differential
+tests hold the compiled evaluator to cedarpy's outcomes, reasons and errors. Both paths list the
+deciding policies and the errors in policy order (Cedar's own order is not defined).
+
+Decisions are cached by ``(policy digest, facts, action, resource, context)``: any change of an input
+(a state change, a revocation, a posture or risk change, a new policy set) is a different key, so the
+cache never answers from stale inputs, and it is bounded (LRU).
 
 Fail closed: an evaluation error makes Cedar skip that policy (Cedar's semantics); if the result is
 "allow" while a ``forbid`` policy failed to evaluate, the decision is a deny, since that forbid might
@@ -19,10 +35,17 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import cedarpy
 
+from fleetguard.trust.compiled import (
+    CompiledPolicySet,
+    NotCompiled,
+    compile_policy_set,
+    compiled_request,
+)
 from fleetguard.trust.errors import TrustError, TrustInputInvalid
 from fleetguard.trust.model import (
     Action,
@@ -94,13 +117,39 @@ class _Lru(Generic[_K, _V]):
             self._items.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _InForce:
+    """A policy set with what deciding it needs: its forbids, and its compiled form if it compiles."""
+
+    policies: PolicySet
+    forbids: frozenset[str]
+    compiled: CompiledPolicySet | NotCompiled
+
+    @classmethod
+    def of(cls, policies: PolicySet, *, compile: bool) -> _InForce:
+        compiled = compile_policy_set(policies) if compile else NotCompiled("compilation is off")
+        return cls(policies, _forbid_ids(policies), compiled)
+
+
 class PolicyDecisionPoint:
-    """Decides requests against one policy set; swap the set with :meth:`use`."""
+    """Decides requests against one policy set; swap the set with :meth:`use`.
+
+    ``compile=False`` decides every request with cedarpy (the reference the compiled evaluator is
+    compared with; the benchmark prints both).
+    """
 
     def __init__(
-        self, policies: PolicySet, *, cache_size: int = 100_000, entity_cache_size: int = 10_000
+        self,
+        policies: PolicySet,
+        *,
+        cache_size: int = 100_000,
+        entity_cache_size: int = 10_000,
+        compile: bool = True,
     ) -> None:
-        self._current = (policies, _forbid_ids(policies))  # swapped as one: a set and its forbids
+        self._compile = compile
+        self._current = _InForce.of(
+            policies, compile=compile
+        )  # swapped as one: a set, its forbids and its compiled form
         self._decisions: _Lru[tuple[str, DeviceFacts, Action, Resource, RequestContext], Decision] = _Lru(
             cache_size
         )
@@ -109,11 +158,16 @@ class PolicyDecisionPoint:
     @property
     def policies(self) -> PolicySet:
         """Return the policy set in force."""
-        return self._current[0]
+        return self._current.policies
+
+    @property
+    def compiled(self) -> CompiledPolicySet | NotCompiled:
+        """Return the set in force compiled, or why it is not (then cedarpy decides it)."""
+        return self._current.compiled
 
     def use(self, policies: PolicySet) -> None:
         """Decide with ``policies`` from now on (cached decisions of the old set are not used)."""
-        self._current = (policies, _forbid_ids(policies))
+        self._current = _InForce.of(policies, compile=self._compile)
         self._decisions.clear()
 
     def decide(
@@ -129,7 +183,7 @@ class PolicyDecisionPoint:
                 f"{action.value} does not apply to a {resource.kind.value} ({resource.name!r})"
             )
         current = self._current
-        key = (current[0].digest, facts, action, resource, context)
+        key = (current.policies.digest, facts, action, resource, context)
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
@@ -139,7 +193,6 @@ class PolicyDecisionPoint:
 
     def decide_all(self, facts: DeviceFacts, context: RequestContext) -> list[Decision]:
         """Return the decisions for every action on every candidate resource of the device."""
-        self._device_entities(facts)  # one parse of the device and all its candidates, for all of them
         decisions = [self.decide(facts, Action.CONNECT, _BROKER, context)]
         for resource in candidate_resources(facts)[1:]:
             decisions += [
@@ -149,13 +202,12 @@ class PolicyDecisionPoint:
 
     def _evaluate(
         self,
-        current: tuple[PolicySet, frozenset[str]],
+        current: _InForce,
         facts: DeviceFacts,
         action: Action,
         resource: Resource,
         context: RequestContext,
     ) -> Decision:
-        policies, forbids = current
         if resource.kind is ResourceKind.DEVICE_TOPIC and resource != device_topic(resource.owner):
             raise TrustInputInvalid(
                 f"topic space {resource.name!r} is not the one device {resource.owner!r} owns"
@@ -164,12 +216,33 @@ class PolicyDecisionPoint:
             raise TrustInputInvalid(
                 f"topic space {resource.name!r} is not the one type {resource.owner!r} shares"
             )
+        verdict = _compiled_verdict(current.compiled, facts, action, resource, context)
+        if verdict is None:  # a set or facts the compiled evaluator does not cover: cedarpy decides
+            verdict = self._cedar(current.policies, facts, action, resource, context)
+        allowed, reasons, errors = verdict
+        outcome = Outcome.ALLOW if allowed else Outcome.DENY
+        if outcome is Outcome.ALLOW and any(_failed_policy(error) in current.forbids for error in errors):
+            outcome, reasons = Outcome.DENY, ()  # a forbid that could not be evaluated might have applied
+        policy_ids = tuple(current.policies.policy_id(reason) for reason in reasons)
+        return Decision(
+            outcome, policy_ids, errors, facts, action, resource, context, current.policies.digest
+        )
+
+    def _cedar(
+        self,
+        policies: PolicySet,
+        facts: DeviceFacts,
+        action: Action,
+        resource: Resource,
+        context: RequestContext,
+    ) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+        """Return cedarpy's decision: allowed, the deciding policies and the errors, in policy order."""
+        candidates = candidate_resources(facts)
         try:
-            # A device decided in full (decide_all) has its entities cached; a single request needs
-            # only the device and that resource, which parses faster than every candidate.
-            entities = self._entities.get(facts) or cedarpy.Entities.from_json_str(
-                json.dumps(_entities(facts, (resource,)))
-            )
+            if resource in candidates:  # one parse of the device and its candidates, for all of them
+                entities = self._device_entities(facts, candidates)
+            else:
+                entities = _parsed(facts, _with(candidates, resource))
         except ValueError as exc:  # e.g. a risk outside Cedar's 64-bit Long
             raise TrustInputInvalid(
                 f"device {facts.device_id!r}: Cedar cannot read its facts: {exc}"
@@ -184,19 +257,50 @@ class PolicyDecisionPoint:
             result = cedarpy.is_authorized(request, policies.handle, entities)
         except (ValueError, RuntimeError) as exc:
             raise TrustError(f"Cedar could not evaluate the request: {exc}") from exc
-        reasons = tuple(policies.policy_id(reason) for reason in result.diagnostics.reasons)
-        errors = tuple(str(error) for error in result.diagnostics.errors)
-        outcome = Outcome.ALLOW if result.allowed else Outcome.DENY
-        if outcome is Outcome.ALLOW and any(_failed_policy(error) in forbids for error in errors):
-            outcome, reasons = Outcome.DENY, ()  # a forbid that could not be evaluated might have applied
-        return Decision(outcome, reasons, errors, facts, action, resource, context, policies.digest)
+        reasons = sorted(result.diagnostics.reasons, key=_policy_order)
+        errors = sorted(
+            (str(error) for error in result.diagnostics.errors),
+            key=lambda e: _policy_order(_failed_policy(e)),
+        )
+        return result.allowed, tuple(reasons), tuple(errors)
 
-    def _device_entities(self, facts: DeviceFacts) -> cedarpy.Entities:
+    def _device_entities(self, facts: DeviceFacts, candidates: Sequence[Resource]) -> cedarpy.Entities:
         cached = self._entities.get(facts)
         if cached is None:
-            cached = cedarpy.Entities.from_json_str(json.dumps(_entities(facts, candidate_resources(facts))))
+            cached = _parsed(facts, candidates)
             self._entities.put(facts, cached)
         return cached
+
+
+def _compiled_verdict(
+    compiled: CompiledPolicySet | NotCompiled,
+    facts: DeviceFacts,
+    action: Action,
+    resource: Resource,
+    context: RequestContext,
+) -> tuple[bool, tuple[str, ...], tuple[str, ...]] | None:
+    if isinstance(compiled, NotCompiled):
+        return None
+    resources = _with(candidate_resources(facts), resource)
+    request = compiled_request(facts, action, resource, context, resources)
+    if request is None:
+        return None
+    evaluation = compiled.evaluate(request)
+    return evaluation.allowed, evaluation.reasons, evaluation.errors
+
+
+def _with(resources: tuple[Resource, ...], resource: Resource) -> tuple[Resource, ...]:
+    return resources if resource in resources else (*resources, resource)
+
+
+def _parsed(facts: DeviceFacts, resources: Sequence[Resource]) -> cedarpy.Entities:
+    return cedarpy.Entities.from_json_str(json.dumps(_entities(facts, resources)))
+
+
+def _policy_order(cedar_id: str) -> tuple[int, str]:
+    # Cedar's ids are `policyN`, N in the set's order; anything else (a request error) sorts last.
+    index = cedar_id[6:]
+    return (int(index), "") if cedar_id.startswith("policy") and index.isdigit() else (1 << 62, cedar_id)
 
 
 def _forbid_ids(policies: PolicySet) -> frozenset[str]:

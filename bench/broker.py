@@ -8,15 +8,22 @@
               delivery). Printed: delivered messages/s, the broker's CPU time per message (from
               /proc, so the figure holds even when the load process is the bottleneck), and the
               overhead of fleetguard's ACLs in per-cent of both.
-              fleetguard: TLS with client certificates, the ACL file pattern ``devices/%u/#`` and the
-                          dynamic-security plugin, each publisher a dynamic-security client holding a
-                          grants role (``types/bench/#``), so every check walks its roles and defers to
-                          the ACL file: the realistic worst case.
+              fleetguard: exactly what the product configures for a device with a type under the
+                          default policy: TLS with client certificates, the ACL file pattern
+                          ``devices/%u/#``, the dynamic-security plugin, and each publisher applied
+                          through ``GatewayService.enforcer.apply`` with its type's topics
+                          (``types/bench/#``), which makes it a dynamic-security client holding its
+                          device role: its own subtree and its type's topics, so the plugin decides
+                          each check in one role lookup (fleetguard.gateway.roles).
               open:       the same TLS listener and certificates, no ACL file, no plugin.
 (q) quarantine ``--devices`` devices connected and idle (own certificate each: one TLS connection per
               device from a separate process of asyncio raw-socket clients, MQTT CONNECT and nothing
-              more), then ``--samples`` of them quarantined one after another through
-              ``GatewayService.enforcer.quarantine``. Printed: latency from the call to the device seeing
+              more), each holding the device role the product gives a device with a type (written
+              into ``dynsec.json`` before the broker starts, from ``fleetguard.gateway.roles``, as
+              5,000 applies one by one would take minutes; ``--untyped`` leaves them out of dynamic
+              security), then ``--samples`` of them quarantined one after another through
+              ``GatewayService.enforcer.quarantine``: every change rewrites ``dynsec.json``, so its
+              size is part of the figure. Printed: latency from the call to the device seeing
               its connection closed (the kick), and from the call to the verified result (roles read
               back, the probe answered 0x87), p50 and p99. Goal: verified p99 <= 100 ms with 5,000
               devices connected.
@@ -34,6 +41,7 @@ import argparse
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import multiprocessing
 import os
 import pwd
@@ -65,10 +73,13 @@ from fleetguard.gateway import (
     TopicGrant,
     find_mosquitto,
 )
+from fleetguard.gateway.config import DEFAULT_GRANTS, render_dynsec_config
+from fleetguard.gateway.roles import device_role
 
 PEM = serialization.Encoding.PEM
 PAYLOAD = b"x" * 64
 CONNECT_CONCURRENCY = 200
+TYPE_GRANT = (TopicGrant(Access.BOTH, "types/bench/#"),)
 KEEPALIVE_S = 600
 
 
@@ -308,16 +319,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_gateway(pki: Pki, workdir: Path) -> GatewayService:
+def start_gateway(pki: Pki, workdir: Path, typed: Sequence[str] = ()) -> GatewayService:
+    """Start the product's gateway; the devices in ``typed`` already hold their device roles."""
     server_cert, server_key = pki.issue("broker", server=True)
     config = BrokerConfig(
         directory=workdir / f"gateway-{free_port()}", ca_bundle=pki.bundle, server_certificate=server_cert,
         server_key=server_key, listen_host="127.0.0.1", listen_port=free_port(), control_port=free_port(),
         max_connections=-1,
     )  # fmt: skip
-    gateway = GatewayService(config)
+    gateway = GatewayService(config, ready_timeout_s=60)
+    if typed:
+        config.dynsec_file.write_text(_dynsec_with_device_roles(typed))
     gateway.start(pki.crl())
     return gateway
+
+
+def _dynsec_with_device_roles(device_ids: Sequence[str]) -> str:
+    """The dynsec.json the enforcer leaves after applying TYPE_GRANT to each of ``device_ids``."""
+    document = json.loads(render_dynsec_config())
+    for device_id in device_ids:
+        role = device_role(TYPE_GRANT, DEFAULT_GRANTS, device_id)
+        assert role is not None
+        name, acls = role
+        document["roles"].append({
+            "rolename": name,
+            "acls": [
+                {"acltype": str(a.acltype), "topic": a.topic, "priority": a.priority, "allow": a.allow}
+                for a in acls
+            ],
+        })  # fmt: skip
+        document["clients"].append({"username": device_id, "roles": [{"rolename": name, "priority": 0}]})
+    return json.dumps(document)
 
 
 class OpenBroker:
@@ -375,9 +407,8 @@ def messages(pki: Pki, workdir: Path, options: argparse.Namespace) -> None:
     for device_id in publishers:
         pki.issue(device_id)
     gateway = start_gateway(pki, workdir)
-    grant = (TopicGrant(Access.BOTH, "types/bench/#"),)
     for device_id in publishers:
-        result = gateway.enforcer.apply(DeviceAccess(device_id, grant))
+        result = gateway.enforcer.apply(DeviceAccess(device_id, TYPE_GRANT))
         assert result.outcome is Outcome.ENFORCED, result.detail
     open_broker = OpenBroker(pki, workdir)
     ours: list[tuple[float, float]] = []
@@ -411,7 +442,9 @@ def quarantine(pki: Pki, workdir: Path, options: argparse.Namespace) -> None:
     for device_id in crowd:
         pki.issue(device_id)
     print(f"(q) quarantine: {options.devices} device certificates in {time.monotonic() - started:.1f} s")
-    gateway = start_gateway(pki, workdir)
+    gateway = start_gateway(pki, workdir, () if options.untyped else crowd)
+    roles = "no roles" if options.untyped else "a device role each"
+    print(f"    dynsec.json {gateway.config.dynsec_file.stat().st_size / 1e6:.1f} MB ({roles})")
     context = multiprocessing.get_context("spawn")
     events: multiprocessing.Queue[tuple[str, str, float]] = context.Queue()
     process = context.Process(
@@ -469,6 +502,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--untyped", action="store_true", help="idle devices without device roles")
     options = parser.parse_args()
     if find_mosquitto() is None:
         sys.exit("mosquitto is not installed")

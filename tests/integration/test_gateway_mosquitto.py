@@ -34,10 +34,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prerequisites import free_port
 
 from fleetguard.config import Settings
-from fleetguard.gateway import BrokerConfig, GatewayService, Outcome, find_mosquitto
+from fleetguard.gateway import (
+    Access,
+    BrokerConfig,
+    DeviceAccess,
+    GatewayService,
+    Outcome,
+    TopicGrant,
+    find_mosquitto,
+)
 from fleetguard.gateway.config import DYNSEC_PLUGIN
-from fleetguard.gateway.errors import BrokerReloadFailed
-from fleetguard.gateway.roles import AclType, RoleAcl
+from fleetguard.gateway.errors import BrokerCommandFailed, BrokerReloadFailed
+from fleetguard.gateway.roles import DEVICE_ROLE_PREFIX, AclType, RoleAcl
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
 from fleetguard.pki.ca import ChainFormat
@@ -47,6 +55,9 @@ from fleetguard.types import utc_now
 PEM = serialization.Encoding.PEM
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4", "dev-5")
 NOT_AUTHORIZED = 0x87
+ACCEPTED = (0x00, 0x10)  # success, or no matching subscribers
+SENSOR = TopicGrant(Access.BOTH, "types/sensor/#")
+CAMERA = TopicGrant(Access.BOTH, "types/cam/#")
 KICK_BOUND_S = 0.25  # measured: about 1-5 ms from the command to the device seeing the disconnect
 WAIT_S = 3.0
 
@@ -145,7 +156,7 @@ class Device:
         self.pubacks: dict[int, int] = {}
         self.subacks: dict[int, int] = {}
         self.messages: list[str] = []
-        client.on_connect = lambda c, u, f, reason, p: reason.is_failure or self.connected.set()
+        client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = lambda c, u, mid, reason, p: self.pubacks.__setitem__(mid, reason.value)
         client.on_subscribe = lambda c, u, mid, reasons, p: self.subacks.__setitem__(mid, reasons[0].value)
@@ -163,6 +174,12 @@ class Device:
             keyfile=str(fleet.workdir / f"{device_id}.key"),
         )  # fmt: skip
         return cls(client, gateway.config.listen_port)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, p: object
+    ) -> None:
+        if not reason.is_failure:
+            self.connected.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, p: object
@@ -326,6 +343,75 @@ def test_a_revoked_device_is_kicked_and_cannot_reconnect(
     assert live.disconnected.wait(WAIT_S)
     assert not Device.of(fleet, gateway, "dev-4").connect()
     assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10
+
+
+def _device_role(gateway: GatewayService, device_id: str) -> str | None:
+    current = gateway.control.client_roles(device_id)
+    roles = [name for name in (current.roles if current else {}) if name.startswith(DEVICE_ROLE_PREFIX)]
+    assert len(roles) <= 1, roles
+    return roles[0] if roles else None
+
+
+def test_a_device_gets_its_type_topics_and_loses_them_when_its_type_or_plan_changes(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    assert gateway.enforcer.apply(DeviceAccess("dev-1", (SENSOR,))).outcome is Outcome.ENFORCED
+    sensor_role = _device_role(gateway, "dev-1")
+    assert sensor_role is not None
+    device = _device(fleet, gateway, devices, "dev-1")
+    other = _device(fleet, gateway, devices, "dev-2")
+    assert device.subscribe("types/sensor/#") == 1
+    assert device.publish("types/sensor/reading") in ACCEPTED
+    _until(lambda: "types/sensor/reading" in device.messages)
+    assert device.publish("devices/dev-1/telemetry") in ACCEPTED  # its role carries its own subtree
+    assert device.publish("types/cam/reading") == NOT_AUTHORIZED
+    assert device.publish("devices/dev-2/commands") == NOT_AUTHORIZED
+    assert other.publish("types/sensor/reading") == NOT_AUTHORIZED  # dev-2 has no type grant
+    assert device.subscribe("#") == 1  # granted by the ACL file; every delivery is checked
+    assert other.publish("devices/dev-2/secret") in ACCEPTED
+    time.sleep(0.1)
+    assert "devices/dev-2/secret" not in device.messages
+
+    assert gateway.enforcer.apply(DeviceAccess("dev-1", (CAMERA,))).outcome is Outcome.ENFORCED
+    assert device.disconnected.wait(WAIT_S)  # a changed role kicks the device
+    assert gateway.control.role_acls(sensor_role) is None  # the old role is deleted
+    moved = _device(fleet, gateway, devices, "dev-1")
+    assert moved.publish("types/sensor/reading") == NOT_AUTHORIZED
+    assert moved.publish("types/cam/reading") in ACCEPTED
+    assert moved.publish("devices/dev-1/telemetry") in ACCEPTED
+
+    camera_role = _device_role(gateway, "dev-1")
+    assert camera_role is not None
+    own = (TopicGrant(Access.BOTH, "devices/%u/#"),)
+    assert gateway.enforcer.apply(DeviceAccess("dev-1", own)).outcome is Outcome.ENFORCED
+    assert moved.disconnected.wait(WAIT_S)
+    assert _device_role(gateway, "dev-1") is None
+    assert gateway.control.role_acls(camera_role) is None
+    plain = _device(fleet, gateway, devices, "dev-1")
+    assert plain.publish("types/cam/reading") == NOT_AUTHORIZED
+    assert plain.publish("devices/dev-1/telemetry") in ACCEPTED  # the ACL file's pattern
+
+
+def test_a_quarantined_device_cannot_use_its_type_topics(
+    fleet: Fleet, gateway: GatewayService, devices: list[Device]
+) -> None:
+    assert gateway.enforcer.apply(DeviceAccess("dev-2", (SENSOR,))).outcome is Outcome.ENFORCED
+    assert gateway.enforcer.quarantine("dev-2").outcome is Outcome.ENFORCED
+    assert _device_role(gateway, "dev-2") is not None  # the grant is held, the quarantine beats it
+    device = _device(fleet, gateway, devices, "dev-2")
+    assert device.publish("types/sensor/reading") == NOT_AUTHORIZED
+    assert device.subscribe("types/sensor/#") == NOT_AUTHORIZED
+    assert device.publish("devices/dev-2/telemetry") == NOT_AUTHORIZED
+
+    both = DeviceAccess("dev-3", (SENSOR,), quarantined=True)
+    assert gateway.enforcer.apply(both).outcome is Outcome.ENFORCED
+    assert _device(fleet, gateway, devices, "dev-3").publish("types/sensor/x") == NOT_AUTHORIZED
+
+
+def test_deleting_a_missing_role_is_answered_role_not_found(gateway: GatewayService) -> None:
+    with pytest.raises(BrokerCommandFailed, match="Role not found"):
+        gateway.control.call({"command": "deleteRole", "rolename": f"{DEVICE_ROLE_PREFIX}missing"})
+    gateway.control.delete_role(f"{DEVICE_ROLE_PREFIX}missing")  # gone already: not an error
 
 
 def test_a_broker_that_is_down_is_reported_not_enforced(gateway: GatewayService) -> None:

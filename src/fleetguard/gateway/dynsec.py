@@ -20,7 +20,8 @@ Verified against Mosquitto 2.0.11 (Debian), with certificate clients (``use_iden
 * ``createClient`` for an existing name answers ``Client already exists``; ``addClientRole`` for a
   role the client already has answers ``Internal error``, so roles are read back (``getClient``) and
   only the difference is sent; ``removeClientRole`` of a role the client lacks answers ``Role not
-  found``. ``modifyRole`` with ``acls`` replaces the role's ACLs (and kicks every holder).
+  found``. ``modifyRole`` with ``acls`` replaces the role's ACLs (and kicks every holder);
+  ``deleteRole`` of a missing role answers ``Role not found``.
 * Role ACL topics are literal: no ``%u``/``%c`` substitution (see :mod:`fleetguard.gateway.topics`).
 """
 
@@ -86,6 +87,9 @@ class DynsecControl(Protocol):
 
     def ensure_role(self, rolename: str, acls: Sequence[RoleAcl]) -> None:
         """Create the role with ``acls``, or make an existing role's ACLs exactly ``acls``."""
+
+    def delete_role(self, rolename: str) -> None:
+        """Delete the role unless there is no such role (kicks any client that holds it)."""
 
     def deny_by_default(self) -> None:
         """Set every default access to deny (defer to the ACL file)."""
@@ -174,6 +178,14 @@ class DynsecClient:
             return
         command = "createRole" if current is None else "modifyRole"
         self.call({"command": command, "rolename": rolename, "acls": [_acl_json(acl) for acl in wanted]})
+
+    def delete_role(self, rolename: str) -> None:
+        """``deleteRole``; a role that is already gone (``Role not found``) is not an error."""
+        try:
+            self.call({"command": "deleteRole", "rolename": rolename})
+        except BrokerCommandFailed as exc:
+            if exc.error != "Role not found":
+                raise
 
     def deny_by_default(self) -> None:
         """``setDefaultACLAccess`` with every entry denied (deferring to the ACL file)."""

@@ -25,11 +25,13 @@ revoke
     connected (verified). A CRL the gateway refuses leaves the device quarantined and the result
     ``not_enforced``, not retryable.
 apply
-    Make the device's fleetguard roles match a :class:`DeviceAccess`: its grants role (see
-    :func:`~fleetguard.gateway.roles.grants_role`; none when the broker-wide patterns cover every grant),
-    and the quarantine role when ``quarantined``. Roles are added before others are removed, and the
-    quarantine role before anything else, so the device never holds more rights than either the old or
-    the new state gives it. Nothing is sent when the roles already match (no kick).
+    Make the device's fleetguard roles match a :class:`DeviceAccess`: its device role (see
+    :func:`~fleetguard.gateway.roles.device_role`; none when the broker-wide patterns cover every grant),
+    and the quarantine role when ``quarantined``. The quarantine role is added before anything else and
+    removed last, so a device being quarantined never gets a new grant first, and a released one has
+    its new rights before the deny-all goes. A device role the device no longer needs is taken from it
+    and then deleted (it belongs to that device alone); a shared grants role of an earlier version is
+    only taken from it. Nothing is sent when the roles already match (no kick).
 
 Operations on one device are serialised (striped locks); different devices proceed in parallel.
 """
@@ -56,11 +58,12 @@ from fleetguard.gateway.model import (
 )
 from fleetguard.gateway.probe import Permission, ProbeObservation, Prober
 from fleetguard.gateway.roles import (
+    DEVICE_ROLE_PREFIX,
     GRANTS_ROLE_PREFIX,
     QUARANTINE_PRIORITY,
     QUARANTINE_ROLE,
     RoleAcl,
-    grants_role,
+    device_role,
     quarantine_acls,
 )
 from fleetguard.gateway.topics import expand_pattern
@@ -72,7 +75,7 @@ __all__ = ["PROBE_LEVEL", "BrokerEnforcer", "CrlInstaller", "probe_topic"]
 PROBE_LEVEL = "fleetguard-probe"
 """The last level of the topic a probe publishes on (agents ignore messages there)."""
 _STRIPES = 64
-_GRANTS_ROLE_PRIORITY = 0
+_DEVICE_ROLE_PRIORITY = 0
 
 
 class CrlInstaller(Protocol):
@@ -153,7 +156,7 @@ class BrokerEnforcer:
     def _quarantine(self, device_id: str) -> str:
         self._control.ensure_client(device_id)
         done = self._add_quarantine(device_id)
-        self._require_roles(device_id, quarantined=True, grants_role=None, exact=False)
+        self._require_roles(device_id, quarantined=True, role=None, exact=False)
         return f"{done}; {self._verify(device_id, quarantined=True)}"
 
     def _add_quarantine(self, device_id: str) -> str:
@@ -170,7 +173,7 @@ class BrokerEnforcer:
         else:
             self._control.remove_client_role(device_id, QUARANTINE_ROLE)
             done = "quarantine role removed, live connections kicked"
-        self._require_roles(device_id, quarantined=False, grants_role=None, exact=False)
+        self._require_roles(device_id, quarantined=False, role=None, exact=False)
         return f"{done}; {self._verify(device_id, quarantined=False)}"
 
     def _revoke(self, device_id: str, crl_pem: bytes) -> str:
@@ -181,12 +184,12 @@ class BrokerEnforcer:
         except CrlRejected as exc:
             raise CrlRejected(f"{done}, but the CRL was refused: {exc.message}", hint=exc.hint) from exc
         self._broker.reload()
-        self._require_roles(device_id, quarantined=True, grants_role=None, exact=False)
+        self._require_roles(device_id, quarantined=True, role=None, exact=False)
         return f"{done}; CRL installed, reload confirmed; {self._verify(device_id, quarantined=True)}"
 
     def _apply(self, access: DeviceAccess) -> str:
         device_id = access.device_id
-        role = grants_role(access.grants, self._grants, device_id)
+        role = device_role(access.grants, self._grants, device_id)
         wanted = {
             name
             for name in (role[0] if role else None, QUARANTINE_ROLE if access.quarantined else None)
@@ -201,7 +204,7 @@ class BrokerEnforcer:
                 device_id, role, held, access.quarantined, exists=current is not None
             )
         self._require_roles(
-            device_id, quarantined=access.quarantined, grants_role=role[0] if role else None, exact=True
+            device_id, quarantined=access.quarantined, role=role[0] if role else None, exact=True
         )
         return f"{changes}; {self._verify(device_id, quarantined=access.quarantined)}"
 
@@ -221,21 +224,19 @@ class BrokerEnforcer:
         if role is not None and role[0] not in held:
             name, acls = role
             self._control.ensure_role(name, acls)
-            self._control.add_client_role(device_id, name, _GRANTS_ROLE_PRIORITY)
-        stale = {
-            name for name in held if name.startswith(GRANTS_ROLE_PREFIX) and (role is None or name != role[0])
-        }
+            self._control.add_client_role(device_id, name, _DEVICE_ROLE_PRIORITY)
+        stale = {name for name in held if name != QUARANTINE_ROLE and (role is None or name != role[0])}
         for name in sorted(stale):
             self._control.remove_client_role(device_id, name)
+            if name.startswith(DEVICE_ROLE_PREFIX):
+                self._control.delete_role(name)
         if not quarantined and QUARANTINE_ROLE in held:
             self._control.remove_client_role(device_id, QUARANTINE_ROLE)
         return "roles changed, live connections kicked"
 
     # -- verification ------------------------------------------------------------------------
 
-    def _require_roles(
-        self, device_id: str, *, quarantined: bool, grants_role: str | None, exact: bool
-    ) -> None:
+    def _require_roles(self, device_id: str, *, quarantined: bool, role: str | None, exact: bool) -> None:
         current = self._control.client_roles(device_id)
         roles = dict(current.roles) if current is not None else {}
         if quarantined and roles.get(QUARANTINE_ROLE) != QUARANTINE_PRIORITY:
@@ -243,7 +244,7 @@ class BrokerEnforcer:
         if not quarantined and QUARANTINE_ROLE in roles:
             raise _NotVerified(f"read-back: {device_id} still holds {QUARANTINE_ROLE}")
         if exact:
-            wanted = {name for name in (grants_role, QUARANTINE_ROLE if quarantined else None) if name}
+            wanted = {name for name in (role, QUARANTINE_ROLE if quarantined else None) if name}
             held = {name for name in roles if _ours(name)}
             if held != wanted:
                 raise _NotVerified(f"read-back: {device_id} holds {sorted(held)}, expected {sorted(wanted)}")
@@ -288,7 +289,7 @@ class BrokerEnforcer:
 
 
 def _ours(rolename: str) -> bool:
-    return rolename == QUARANTINE_ROLE or rolename.startswith(GRANTS_ROLE_PREFIX)
+    return rolename == QUARANTINE_ROLE or rolename.startswith((DEVICE_ROLE_PREFIX, GRANTS_ROLE_PREFIX))
 
 
 def _answers(seen: ProbeObservation) -> str:

@@ -7,7 +7,8 @@ adapter turns it into what Mosquitto can hold and asks :class:`BrokerEnforcer` t
   publish and subscribe denied) and the current CRL installed and reloaded, so it cannot reconnect;
 * a device that may not connect, or may do nothing, is **quarantined**;
 * otherwise the plan's grants beyond the broker-wide ``devices/%u/#`` pattern (its type's topics)
-  are **applied** as a dynamic-security role, and any quarantine is lifted.
+  are **applied** as the device's dynamic-security role (which also carries its own subtree, so the
+  plugin decides its everyday traffic: :mod:`fleetguard.gateway.roles`), and any quarantine is lifted.
 
 The broker-wide pattern grants every device its own subtree, so a plan that allows the device to
 connect but denies part of its own subtree cannot be expressed per device: the device is then

@@ -21,6 +21,7 @@ from fleetguard.gateway.errors import BrokerCommandFailed, BrokerReloadFailed, B
 from fleetguard.gateway.model import Access, DeviceAccess, EnforcementAction, Outcome, TopicGrant
 from fleetguard.gateway.probe import Permission, ProbeObservation
 from fleetguard.gateway.roles import (
+    DEVICE_ROLE_PREFIX,
     GRANTS_ROLE_PREFIX,
     QUARANTINE_PRIORITY,
     QUARANTINE_ROLE,
@@ -81,6 +82,13 @@ class FakeDynsec:
     def ensure_role(self, rolename: str, acls: Sequence[RoleAcl]) -> None:
         self._command("createRole")
         self.roles[rolename] = tuple(sorted(acls))
+
+    def delete_role(self, rolename: str) -> None:
+        self._command("deleteRole")
+        self.roles.pop(rolename, None)
+        for roles in self.clients.values():
+            if roles.pop(rolename, None) is not None:
+                raise AssertionError(f"{rolename} was deleted while a client held it")
 
     def deny_by_default(self) -> None:
         self._command("setDefaultACLAccess")
@@ -273,14 +281,55 @@ def test_apply_without_extra_grants_sends_nothing_for_an_unknown_device(gw: Gate
     assert gw.dynsec.kicked == []
 
 
-def test_apply_gives_devices_with_the_same_grants_one_shared_role(gw: Gateway) -> None:
+def test_apply_gives_each_device_its_own_role_with_its_subtree_and_type_topics(gw: Gateway) -> None:
     first = gw.enforcer.apply(DeviceAccess("dev-1", (SENSOR,)))
     second = gw.enforcer.apply(DeviceAccess("dev-2", (SENSOR,)))
     assert first.outcome is Outcome.ENFORCED
     assert second.outcome is Outcome.ENFORCED
-    (role,) = gw.dynsec.roles
-    assert role.startswith(GRANTS_ROLE_PREFIX)
-    assert gw.dynsec.clients == {"dev-1": {role: 0}, "dev-2": {role: 0}}
+    one, two = (next(iter(gw.dynsec.clients[device])) for device in ("dev-1", "dev-2"))
+    assert one != two
+    assert one.startswith(DEVICE_ROLE_PREFIX)
+    assert set(gw.dynsec.roles) == {one, two}
+    sends = {acl.topic for acl in gw.dynsec.roles[one] if acl.acltype is AclType.PUBLISH_CLIENT_SEND}
+    assert sends == {"devices/dev-1/#", "types/sensor/#"}
+
+
+def test_a_device_that_loses_its_type_topics_loses_its_role_and_the_role_is_deleted(gw: Gateway) -> None:
+    gw.enforcer.apply(DeviceAccess("dev-1", (SENSOR,)))
+    (old,) = gw.dynsec.clients["dev-1"]
+    result = gw.enforcer.apply(DeviceAccess("dev-1", (TopicGrant(Access.BOTH, "devices/%u/#"),)))
+    assert result.outcome is Outcome.ENFORCED
+    assert gw.dynsec.clients["dev-1"] == {}
+    assert gw.dynsec.roles == {}
+    changes = [name for name in gw.dynsec.commands if name in {"removeClientRole", "deleteRole"}]
+    assert changes == ["removeClientRole", "deleteRole"]
+    assert old not in gw.dynsec.roles
+
+
+def test_a_type_change_swaps_the_device_role_and_deletes_the_old_one(gw: Gateway) -> None:
+    gw.enforcer.apply(DeviceAccess("dev-1", (SENSOR,)))
+    (old,) = gw.dynsec.clients["dev-1"]
+    camera = TopicGrant(Access.BOTH, "types/cam/#")
+    result = gw.enforcer.apply(DeviceAccess("dev-1", (camera,)))
+    assert result.outcome is Outcome.ENFORCED
+    (new,) = gw.dynsec.clients["dev-1"]
+    assert new != old
+    assert set(gw.dynsec.roles) == {new}
+    assert {acl.topic for acl in gw.dynsec.roles[new]} == {"devices/dev-1/#", "types/cam/#"}
+
+
+def test_a_shared_grants_role_of_an_earlier_version_is_taken_but_not_deleted(gw: Gateway) -> None:
+    legacy = f"{GRANTS_ROLE_PREFIX}{'0' * 32}"
+    gw.dynsec.roles[legacy] = (RoleAcl(AclType.PUBLISH_CLIENT_SEND, "types/sensor/#", allow=True),)
+    gw.dynsec.clients["dev-1"] = {legacy: 0}
+    gw.dynsec.clients["dev-2"] = {legacy: 0}
+    result = gw.enforcer.apply(DeviceAccess("dev-1", (SENSOR,)))
+    assert result.outcome is Outcome.ENFORCED
+    (held,) = gw.dynsec.clients["dev-1"]
+    assert held.startswith(DEVICE_ROLE_PREFIX)
+    assert legacy in gw.dynsec.roles
+    assert gw.dynsec.clients["dev-2"] == {legacy: 0}
+    assert "deleteRole" not in gw.dynsec.commands
 
 
 def test_apply_is_idempotent(gw: Gateway) -> None:
@@ -299,7 +348,8 @@ def test_apply_swaps_grant_roles_and_lifts_quarantine_last(gw: Gateway) -> None:
     result = gw.enforcer.apply(DeviceAccess("dev-1", (camera,)))
     assert result.outcome is Outcome.ENFORCED
     (held,) = gw.dynsec.clients["dev-1"]
-    assert gw.dynsec.roles[held] == (RoleAcl(AclType.PUBLISH_CLIENT_SEND, "types/cam/#", allow=True),)
+    assert RoleAcl(AclType.PUBLISH_CLIENT_SEND, "types/cam/#", allow=True) in gw.dynsec.roles[held]
+    assert RoleAcl(AclType.SUBSCRIBE_PATTERN, "types/sensor/#", allow=True) not in gw.dynsec.roles[held]
     changes = [name for name in gw.dynsec.commands if name in {"addClientRole", "removeClientRole"}]
     assert changes == ["addClientRole", "removeClientRole", "removeClientRole"]
 

@@ -98,8 +98,8 @@ _COLUMNS = (
     EventRow.data,
     EventRow.hash,
 )
-# The relay reads the entries after its cursor after every burst of commits: built once, too.
-_FORWARD = (
+# The relay reads the entries after its cursor after every burst of commits: prepared once, too.
+_FORWARD = Prepared(
     select(*_COLUMNS)
     .where(EventRow.seq > bindparam("after"))
     .order_by(EventRow.seq)
@@ -233,9 +233,8 @@ class EventLog:
         if not 1 <= limit <= _MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {_MAX_PAGE}")
         if subject is None and action is None and not newest_first:  # the relay's query
-            with self._db.reading() as session:
-                rows = session.connection().execute(_FORWARD, {"after": after_seq, "limit": limit})
-                return [_entry(row) for row in rows]
+            with self._db.driver_reading() as reading:
+                return [_entry(row) for row in reading.rows(_FORWARD, {"after": after_seq, "limit": limit})]
         query = select(*_COLUMNS)
         if subject is not None:
             query = query.where(EventRow.subject == subject)

@@ -21,7 +21,7 @@ errors translated to :mod:`fleetguard.store.errors`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Select
@@ -35,7 +35,7 @@ _Processor = Callable[[Any], Any] | None
 
 
 class DriverRow:
-    """One result row: columns by name (``row.serial``) or by position (``row[0]``)."""
+    """One result row: columns by name (``row.serial``), by position (``row[0]``), or unpacked."""
 
     __slots__ = ("_index", "_values")
 
@@ -54,6 +54,9 @@ class DriverRow:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
 
 
 class _Compiled:

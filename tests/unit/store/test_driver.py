@@ -39,6 +39,8 @@ def test_rows_come_back_by_name_and_position_with_their_types(database: Database
     assert row is not None
     assert missing is None
     assert (row.id, row[1], row.description) == ("s1", "site s1", "")
+    assert tuple(row)[:3] == ("s1", "site s1", "")
+    assert len(row) == 4
     # UtcDateTime's processors run as in a session: aware in, aware UTC out, the same instant.
     assert row.created_at == _MOMENT
     assert row.created_at.utcoffset() == dt.timedelta(0)

@@ -28,8 +28,10 @@ say what happened and what to do.
 Durability. SQLite runs with ``synchronous=NORMAL`` in WAL mode: a commit is atomic and consistent,
 and survives a crash of the process; a power loss or an operating-system crash may roll back the
 last transactions committed before it (those not yet checkpointed into the database file), never
-corrupt the database or the event log's hash chain. Installations that need every acknowledged
-write to survive a power loss use PostgreSQL.
+corrupt the database or the event log's hash chain. Such a rollback can forget a certificate that
+was already answered (OCSP then answers "unknown" for it, and its device must enroll again rather
+than renew it). Installations that need every acknowledged write to survive a power loss use
+PostgreSQL.
 """
 
 from __future__ import annotations

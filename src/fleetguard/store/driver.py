@@ -66,8 +66,13 @@ class _Compiled:
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
-        if not isinstance(compiled, SQLCompiler) or compiled.escaped_bind_names:
-            raise TypeError("only SQL statements with plain parameter names can be prepared")
+        if (
+            not isinstance(compiled, SQLCompiler)
+            or compiled.escaped_bind_names
+            or compiled.post_compile_params
+        ):
+            # Escaped names and expanding parameters (IN lists) are rewritten by SQLAlchemy per run.
+            raise TypeError("only SQL statements with plain parameter names and no IN lists can be prepared")
         self.sql = compiled.string
         self._positional = bool(compiled.positional)
         names = list(compiled.positiontup or ()) if self._positional else list(compiled.bind_names.values())

@@ -116,6 +116,12 @@ def test_a_missing_parameter_is_an_error_before_the_database_sees_it(database: D
         transaction.execute(_RENAME, {"site": "s1"})
 
 
+def test_a_statement_sqlalchemy_rewrites_per_run_is_refused(database: Database) -> None:
+    in_list = Prepared(select(_SITES).where(_SITES.c.id.in_(bindparam("ids", expanding=True))))
+    with pytest.raises(TypeError, match="no IN lists"), database.driver_reading() as reading:
+        reading.rows(in_list, {"ids": ["s1"]})
+
+
 def test_locked_sqlite_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     db = open_database(f"sqlite:///{path}", busy_timeout_ms=50)

@@ -47,7 +47,7 @@ from fleetguard.gateway.errors import BrokerCommandFailed, BrokerUnavailable
 from fleetguard.gateway.roles import ADMIN_USERNAME, CONTROL_TOPIC, RESPONSE_TOPIC, AclType, RoleAcl
 from fleetguard.types import utc_now
 
-__all__ = ["ClientRoles", "DynsecClient", "DynsecControl", "JsonObject"]
+__all__ = ["ClientRoles", "DynsecClient", "DynsecControl", "JsonObject", "ResponseChannel"]
 
 JsonObject = dict[str, object]
 """A dynamic-security command or answer as JSON; it never leaves this module's public methods."""
@@ -65,6 +65,17 @@ class ClientRoles:
     username: str
     roles: Mapping[str, int]
     disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseChannel:
+    """Another plugin's answers on the same control connection (:mod:`fleetguard.gateway.plugin`).
+
+    ``decode`` turns one message on ``topic`` into (correlation, answer) pairs; it raises nothing.
+    """
+
+    topic: str
+    decode: Callable[[bytes], Sequence[tuple[str, object]]]
 
 
 class DynsecControl(Protocol):
@@ -108,8 +119,10 @@ class DynsecClient:
         username: str = ADMIN_USERNAME,
         timeout_s: float = _TIMEOUT_S,
         clock: Callable[[], dt.datetime] = utc_now,
+        channels: Sequence[ResponseChannel] = (),
     ) -> None:
         self._address = (host, port)
+        self._channels = {channel.topic: channel for channel in channels}
         self._authority = authority
         self._scratch = scratch
         self._username = username
@@ -202,13 +215,26 @@ class DynsecClient:
         """
         name = str(command["command"])
         correlation = uuid.uuid4().hex
+        payload = json.dumps({"commands": [{**command, "correlationData": correlation}]})
+        answer = self.exchange(CONTROL_TOPIC, payload.encode(), correlation, name)
+        if not isinstance(answer, dict):
+            raise BrokerCommandFailed(name, "malformed answer")
+        if "error" in answer:
+            raise BrokerCommandFailed(name, str(answer["error"]))
+        return answer
+
+    def exchange(self, topic: str, payload: bytes, correlation: str, name: str) -> object:
+        """Publish ``payload`` on ``topic`` and return the answer carrying ``correlation``.
+
+        Answers come on the dynamic-security response topic or on a :class:`ResponseChannel`'s.
+        Raises ``BrokerUnavailable`` when the broker cannot be reached or does not answer in time.
+        """
         pending = _Pending()
         with self._pending_lock:
             self._pending[correlation] = pending
         try:
             client = self._ensure_connected()
-            payload = json.dumps({"commands": [{**command, "correlationData": correlation}]})
-            info = client.publish(CONTROL_TOPIC, payload.encode(), qos=1)
+            info = client.publish(topic, payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise BrokerUnavailable(f"cannot send {name} to the broker: {mqtt.error_string(info.rc)}")
             if not pending.done.wait(self._timeout_s):
@@ -218,10 +244,7 @@ class DynsecClient:
                 self._pending.pop(correlation, None)
         if pending.lost is not None:
             raise BrokerUnavailable(f"the control connection was lost during {name}: {pending.lost}")
-        answer = pending.answer
-        if "error" in answer:
-            raise BrokerCommandFailed(name, str(answer["error"]))
-        return answer
+        return pending.answer
 
     def close(self) -> None:
         """Disconnect; the next command connects again."""
@@ -247,7 +270,7 @@ class DynsecClient:
             if not self._connected.wait(self._timeout_s):
                 self._drop()
                 raise BrokerUnavailable(f"the control listener {self._where()} did not accept the connection")
-            client.subscribe(RESPONSE_TOPIC, qos=1)
+            client.subscribe([(topic, 1) for topic in (RESPONSE_TOPIC, *self._channels)])
             if not self._subscribed.wait(self._timeout_s):
                 self._drop()
                 raise BrokerUnavailable(
@@ -301,10 +324,15 @@ class DynsecClient:
     def _on_subscribe(
         self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode], properties: object
     ) -> None:
-        if reasons and not reasons[0].is_failure:
+        if reasons and not any(reason.is_failure for reason in reasons):
             self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        channel = self._channels.get(message.topic)
+        if channel is not None:
+            for correlation, answer in channel.decode(bytes(message.payload)):
+                self._deliver(correlation, answer)
+            return
         if message.topic != RESPONSE_TOPIC:
             return
         try:
@@ -317,10 +345,13 @@ class DynsecClient:
                 self._answer(response)
 
     def _answer(self, response: JsonObject) -> None:
+        self._deliver(str(response.get("correlationData")), response)
+
+    def _deliver(self, correlation: str, answer: object) -> None:
         with self._pending_lock:
-            pending = self._pending.get(str(response.get("correlationData")))
+            pending = self._pending.get(correlation)
         if pending is not None:
-            pending.answer = response
+            pending.answer = answer
             pending.done.set()
 
 
@@ -329,7 +360,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.answer: JsonObject = {}
+        self.answer: object = None
         self.lost: str | None = None
 
 

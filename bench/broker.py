@@ -10,23 +10,23 @@
               overhead of fleetguard's ACLs in per-cent of both.
               fleetguard: exactly what the product configures for a device with a type under the
                           default policy: TLS with client certificates, the ACL file pattern
-                          ``devices/%u/#``, the dynamic-security plugin, and each publisher applied
-                          through ``GatewayService.enforcer.apply`` with its type's topics
-                          (``types/bench/#``), which makes it a dynamic-security client holding its
-                          device role: its own subtree and its type's topics, so the plugin decides
-                          each check in one role lookup (fleetguard.gateway.roles).
+                          ``devices/%u/#``, fleetguard's auth plugin in front of the dynamic-security
+                          plugin (``--plugin off``: dynamic security alone), and each publisher
+                          applied through ``GatewayService.enforcer.apply`` with its type's topics
+                          (``types/bench/#``): with the auth plugin, a type in its table, which
+                          decides each check in one hash lookup; without, a device role.
               open:       the same TLS listener and certificates, no ACL file, no plugin.
 (q) quarantine ``--devices`` devices connected and idle (own certificate each: one TLS connection per
               device from a separate process of asyncio raw-socket clients, MQTT CONNECT and nothing
-              more), each holding the device role the product gives a device with a type (written
-              into ``dynsec.json`` before the broker starts, from ``fleetguard.gateway.roles``, as
-              5,000 applies one by one would take minutes; ``--untyped`` leaves them out of dynamic
-              security), then ``--samples`` of them quarantined one after another through
-              ``GatewayService.enforcer.quarantine``: every change rewrites ``dynsec.json``, so its
-              size is part of the figure. Printed: latency from the call to the device seeing
-              its connection closed (the kick), and from the call to the verified result (roles read
-              back, the probe answered 0x87), p50 and p99. Goal: verified p99 <= 100 ms with 5,000
-              devices connected.
+              more), each holding what the product gives a device with a type (written into the
+              auth plugin's state file, or with ``--plugin off`` as device roles into
+              ``dynsec.json``, before the broker starts, as 5,000 applies one by one would take
+              minutes; ``--untyped`` leaves them out), then ``--samples`` of them quarantined one
+              after another through ``GatewayService.enforcer.quarantine`` (with the plugin: state
+              file rewritten, mark and kick; without: ``dynsec.json`` rewritten by the plugin).
+              Printed: latency from the call to the device seeing its connection closed (the kick),
+              and from the call to the verified result (state read back, the probe answered 0x87),
+              p50 and p99. Goal: verified p99 <= 100 ms with 5,000 devices connected.
 
 Certificates come from a throwaway CA made here (cryptography), not the installation's PKI: the
 figures are the broker's and the gateway's. Both processes share the machine's cores unpinned; the
@@ -74,6 +74,7 @@ from fleetguard.gateway import (
     find_mosquitto,
 )
 from fleetguard.gateway.config import DEFAULT_GRANTS, render_dynsec_config
+from fleetguard.gateway.plugin import DeviceState, PluginMode, render_state, resolve_auth_plugin
 from fleetguard.gateway.roles import device_role
 
 PEM = serialization.Encoding.PEM
@@ -319,17 +320,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_gateway(pki: Pki, workdir: Path, typed: Sequence[str] = ()) -> GatewayService:
-    """Start the product's gateway; the devices in ``typed`` already hold their device roles."""
+def start_gateway(pki: Pki, workdir: Path, mode: PluginMode, typed: Sequence[str] = ()) -> GatewayService:
+    """Start the product's gateway; the devices in ``typed`` already hold their type's topics."""
     server_cert, server_key = pki.issue("broker", server=True)
     config = BrokerConfig(
         directory=workdir / f"gateway-{free_port()}", ca_bundle=pki.bundle, server_certificate=server_cert,
         server_key=server_key, listen_host="127.0.0.1", listen_port=free_port(), control_port=free_port(),
-        max_connections=-1,
+        max_connections=-1, auth_plugin=resolve_auth_plugin(mode, workdir / "plugin"),
     )  # fmt: skip
-    gateway = GatewayService(config, ready_timeout_s=60)
-    if typed:
+    config.directory.mkdir(mode=0o700, parents=True)
+    if typed and config.auth_plugin is not None:
+        state = {device_id: DeviceState(False, "bench", Access.BOTH) for device_id in typed}
+        config.plugin_state_file.write_bytes(render_state(state))
+        config.plugin_state_file.chmod(0o600)
+    elif typed:
         config.dynsec_file.write_text(_dynsec_with_device_roles(typed))
+    gateway = GatewayService(config, ready_timeout_s=60)
+    print(f"    enforcement: {'fleetguard auth plugin' if config.auth_plugin else 'dynamic-security roles'}")
     gateway.start(pki.crl())
     return gateway
 
@@ -406,7 +413,7 @@ def messages(pki: Pki, workdir: Path, options: argparse.Namespace) -> None:
     publishers = [f"pub-{index}" for index in range(options.publishers)]
     for device_id in publishers:
         pki.issue(device_id)
-    gateway = start_gateway(pki, workdir)
+    gateway = start_gateway(pki, workdir, PluginMode(options.plugin))
     for device_id in publishers:
         result = gateway.enforcer.apply(DeviceAccess(device_id, TYPE_GRANT))
         assert result.outcome is Outcome.ENFORCED, result.detail
@@ -442,9 +449,10 @@ def quarantine(pki: Pki, workdir: Path, options: argparse.Namespace) -> None:
     for device_id in crowd:
         pki.issue(device_id)
     print(f"(q) quarantine: {options.devices} device certificates in {time.monotonic() - started:.1f} s")
-    gateway = start_gateway(pki, workdir, () if options.untyped else crowd)
-    roles = "no roles" if options.untyped else "a device role each"
-    print(f"    dynsec.json {gateway.config.dynsec_file.stat().st_size / 1e6:.1f} MB ({roles})")
+    gateway = start_gateway(pki, workdir, PluginMode(options.plugin), () if options.untyped else crowd)
+    roles = "untyped" if options.untyped else "a type each"
+    state = gateway.config.plugin_state_file if gateway.plugin else gateway.config.dynsec_file
+    print(f"    {state.name} {state.stat().st_size / 1e6:.1f} MB ({roles})")
     context = multiprocessing.get_context("spawn")
     events: multiprocessing.Queue[tuple[str, str, float]] = context.Queue()
     process = context.Process(
@@ -502,7 +510,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--untyped", action="store_true", help="idle devices without device roles")
+    parser.add_argument("--untyped", action="store_true", help="idle devices without a type")
+    parser.add_argument(
+        "--plugin", choices=[mode.value for mode in PluginMode], default="auto",
+        help="fleetguard's auth plugin (FLEETGUARD_MQTT_PLUGIN); off: dynamic-security roles",
+    )  # fmt: skip
     options = parser.parse_args()
     if find_mosquitto() is None:
         sys.exit("mosquitto is not installed")

@@ -8,6 +8,7 @@ server from its input lives here so that operators can see and tune it in one pl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,9 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(default=8883, ge=0, le=65535)
     mqtt_control_port: int = Field(default=8884, ge=1, le=65535)
     mqtt_crl_refresh_s: float = Field(default=3600.0, ge=10.0, le=86400.0)
+    # fleetguard's Mosquitto auth plugin (built with cc at first start): `auto` uses it when it builds
+    # and falls back to dynamic-security roles with a warning, `on` requires it, `off` never builds it.
+    mqtt_plugin: Literal["auto", "on", "off"] = "auto"
 
     # Segmentation: `up` enforces the fleet's ruleset only when segment_enforce is on. nft runs
     # here (as root), or inside the named network namespace (`ip netns exec`) when the gateway is

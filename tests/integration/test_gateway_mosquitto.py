@@ -5,7 +5,9 @@ The PKI is the installation's own (``initialize`` + ``Runtime``): its CA issues 
 complete CRL that goes into the broker's ``crlfile``, so these tests also check that Mosquitto
 (OpenSSL) accepts fleetguard's CRLs. Each test gets its own broker on fresh ports.
 
-Skipped when mosquitto or its dynamic-security plugin is missing, except under CI, where that is a
+Every test runs twice: with fleetguard's auth plugin in front of dynamic security (``plugin``) and with
+dynamic-security roles alone (``dynsec``). Skipped when mosquitto, its dynamic-security plugin or
+(for ``plugin``) the headers to build the auth plugin are missing, except under CI, where that is a
 failure.
 """
 
@@ -44,7 +46,15 @@ from fleetguard.gateway import (
     find_mosquitto,
 )
 from fleetguard.gateway.config import DYNSEC_PLUGIN
-from fleetguard.gateway.errors import BrokerCommandFailed, BrokerReloadFailed
+from fleetguard.gateway.errors import BrokerCommandFailed, BrokerReloadFailed, BrokerStartFailed
+from fleetguard.gateway.plugin import (
+    CONTROL_TOPIC,
+    RESPONSE_TOPIC,
+    Answer,
+    DeviceState,
+    PluginUnavailable,
+    build_auth_plugin,
+)
 from fleetguard.gateway.roles import DEVICE_ROLE_PREFIX, AclType, RoleAcl
 from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.model import DeviceSpec
@@ -53,7 +63,7 @@ from fleetguard.pki.revocation import RevocationReason
 from fleetguard.types import utc_now
 
 PEM = serialization.Encoding.PEM
-DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4", "dev-5")
+DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4", "dev-5", "dev-6")
 NOT_AUTHORIZED = 0x87
 ACCEPTED = (0x00, 0x10)  # success, or no matching subscribers
 SENSOR = TopicGrant(Access.BOTH, "types/sensor/#")
@@ -130,13 +140,24 @@ def _enroll(runtime: Runtime, workdir: Path, device_id: str) -> int:
     return record.serial
 
 
-@pytest.fixture
-def gateway(fleet: Fleet, tmp_path: Path) -> Iterator[GatewayService]:
+@pytest.fixture(scope="module")
+def auth_plugin(fleet: Fleet) -> Path:
+    try:
+        return build_auth_plugin(fleet.workdir / "plugin")
+    except PluginUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the auth plugin does not build under CI: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["plugin", "dynsec"])
+def gateway(request: pytest.FixtureRequest, fleet: Fleet, tmp_path: Path) -> Iterator[GatewayService]:
     servers = fleet.runtime.settings.data_dir / "pki" / "servers"
+    plugin = request.getfixturevalue("auth_plugin") if request.param == "plugin" else None
     config = BrokerConfig(
         directory=tmp_path / "gateway", ca_bundle=fleet.bundle,
         server_certificate=servers / "mqtt.chain.pem", server_key=servers / "mqtt.key.pem",
-        listen_host="127.0.0.1", listen_port=free_port(), control_port=free_port(),
+        listen_host="127.0.0.1", listen_port=free_port(), control_port=free_port(), auth_plugin=plugin,
     )  # fmt: skip
     service = GatewayService(config, executable=_require_mosquitto(), ready_timeout_s=1.5)
     service.start(fleet.crl())
@@ -280,6 +301,7 @@ def test_a_device_cannot_use_another_devices_topics_or_the_control_topic(
     assert two.subscribe("devices/dev-2/#") == 1
     assert one.publish("devices/dev-2/commands") == NOT_AUTHORIZED
     assert one.publish("$CONTROL/dynamic-security/v1") == NOT_AUTHORIZED
+    assert one.publish(CONTROL_TOPIC) == NOT_AUTHORIZED
     # Mosquitto 2.0.11's ACL file grants any SUBSCRIBE and checks each delivery instead.
     assert one.subscribe("#") == 1
     assert two.publish("devices/dev-2/secret") in (0, 0x10)
@@ -335,13 +357,14 @@ def test_release_restores_the_device(fleet: Fleet, gateway: GatewayService, devi
 def test_a_revoked_device_is_kicked_and_cannot_reconnect(
     fleet: Fleet, gateway: GatewayService, devices: list[Device]
 ) -> None:
-    live = _device(fleet, gateway, devices, "dev-4")
-    fleet.runtime.pki.revoke(fleet.serials["dev-4"], RevocationReason.KEY_COMPROMISE, actor="test")
-    result = gateway.enforcer.revoke("dev-4", fleet.crl())
+    revoked = "dev-4" if gateway.plugin is not None else "dev-6"  # the fleet outlives each mode's broker
+    live = _device(fleet, gateway, devices, revoked)
+    fleet.runtime.pki.revoke(fleet.serials[revoked], RevocationReason.KEY_COMPROMISE, actor="test")
+    result = gateway.enforcer.revoke(revoked, fleet.crl())
     assert result.outcome is Outcome.ENFORCED, result.detail
     assert "reload confirmed" in result.detail
     assert live.disconnected.wait(WAIT_S)
-    assert not Device.of(fleet, gateway, "dev-4").connect()
+    assert not Device.of(fleet, gateway, revoked).connect()
     assert _device(fleet, gateway, devices, "dev-1").publish("devices/dev-1/x") == 0x10
 
 
@@ -357,7 +380,7 @@ def test_a_device_gets_its_type_topics_and_loses_them_when_its_type_or_plan_chan
 ) -> None:
     assert gateway.enforcer.apply(DeviceAccess("dev-1", (SENSOR,))).outcome is Outcome.ENFORCED
     sensor_role = _device_role(gateway, "dev-1")
-    assert sensor_role is not None
+    assert (sensor_role is None) is (gateway.plugin is not None)
     device = _device(fleet, gateway, devices, "dev-1")
     other = _device(fleet, gateway, devices, "dev-2")
     assert device.subscribe("types/sensor/#") == 1
@@ -374,19 +397,21 @@ def test_a_device_gets_its_type_topics_and_loses_them_when_its_type_or_plan_chan
 
     assert gateway.enforcer.apply(DeviceAccess("dev-1", (CAMERA,))).outcome is Outcome.ENFORCED
     assert device.disconnected.wait(WAIT_S)  # a changed role kicks the device
-    assert gateway.control.role_acls(sensor_role) is None  # the old role is deleted
+    if sensor_role is not None:
+        assert gateway.control.role_acls(sensor_role) is None  # the old role is deleted
     moved = _device(fleet, gateway, devices, "dev-1")
     assert moved.publish("types/sensor/reading") == NOT_AUTHORIZED
     assert moved.publish("types/cam/reading") in ACCEPTED
     assert moved.publish("devices/dev-1/telemetry") in ACCEPTED
 
     camera_role = _device_role(gateway, "dev-1")
-    assert camera_role is not None
+    assert (camera_role is None) is (gateway.plugin is not None)
     own = (TopicGrant(Access.BOTH, "devices/%u/#"),)
     assert gateway.enforcer.apply(DeviceAccess("dev-1", own)).outcome is Outcome.ENFORCED
     assert moved.disconnected.wait(WAIT_S)
     assert _device_role(gateway, "dev-1") is None
-    assert gateway.control.role_acls(camera_role) is None
+    if camera_role is not None:
+        assert gateway.control.role_acls(camera_role) is None
     plain = _device(fleet, gateway, devices, "dev-1")
     assert plain.publish("types/cam/reading") == NOT_AUTHORIZED
     assert plain.publish("devices/dev-1/telemetry") in ACCEPTED  # the ACL file's pattern
@@ -397,7 +422,10 @@ def test_a_quarantined_device_cannot_use_its_type_topics(
 ) -> None:
     assert gateway.enforcer.apply(DeviceAccess("dev-2", (SENSOR,))).outcome is Outcome.ENFORCED
     assert gateway.enforcer.quarantine("dev-2").outcome is Outcome.ENFORCED
-    assert _device_role(gateway, "dev-2") is not None  # the grant is held, the quarantine beats it
+    if gateway.plugin is None:
+        assert _device_role(gateway, "dev-2") is not None  # the grant is held, the quarantine beats it
+    else:
+        assert gateway.plugin.state("dev-2") == DeviceState(True, "sensor", Access.BOTH)
     device = _device(fleet, gateway, devices, "dev-2")
     assert device.publish("types/sensor/reading") == NOT_AUTHORIZED
     assert device.subscribe("types/sensor/#") == NOT_AUTHORIZED
@@ -458,3 +486,88 @@ def test_the_gateway_files_are_private(gateway: GatewayService) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for path in directory.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+# -- the auth plugin -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plugged(gateway: GatewayService) -> GatewayService:
+    if gateway.plugin is None:
+        pytest.skip("dynamic-security mode has no auth plugin")
+    return gateway
+
+
+def _send(gateway: GatewayService, payload: bytes, correlation: str = "test-1") -> Answer:
+    answer = gateway.control.exchange(CONTROL_TOPIC, payload, correlation, "raw")
+    assert isinstance(answer, Answer)
+    return answer
+
+
+def test_a_device_cannot_command_the_plugin_or_read_its_answers(
+    fleet: Fleet, plugged: GatewayService, devices: list[Device]
+) -> None:
+    device = _device(fleet, plugged, devices, "dev-1")
+    assert device.subscribe(RESPONSE_TOPIC) == NOT_AUTHORIZED
+    assert device.subscribe("$CONTROL/fleetguard/#") == NOT_AUTHORIZED
+    assert device.publish(f"{CONTROL_TOPIC}") == NOT_AUTHORIZED
+    info = device.client.publish(CONTROL_TOPIC, b"id x\nquarantine dev-2", qos=1)
+    _until(lambda: info.mid in device.pubacks)
+    assert device.pubacks[info.mid] == NOT_AUTHORIZED
+    assert plugged.plugin is not None
+    assert plugged.plugin.state("dev-2") == DeviceState()
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"id test-1\nquarantine dev-1\nbogus dev-2", "3 unknown command"),
+        (b"id test-1\nquarantine dev-1\ntype dev-1 sensor rwx", "3 invalid access"),
+        (b"id test-1\nquarantine dev-1\nquarantine devices/#", "3 invalid username"),
+        (b"id test-1\nquarantine dev-1\nquarantine  dev-1", "3 malformed line"),
+        (b"id test-1\nquarantine dev-1\nquarantine dev-1\x00", "3 line too long or with NUL or CR"),
+        (b"id test-1\nquarantine dev-1\nget " + b"d" * 600, "3 line too long or with NUL or CR"),
+        (b"id test-1\nquarantine dev-1\n" + b"get dev-1\n" * 10_000, "10002 too many commands"),
+        (b"id test-1\n", "1 no command"),
+    ],
+)
+def test_a_malformed_command_is_answered_with_an_error_and_changes_nothing(
+    plugged: GatewayService, payload: bytes, error: str
+) -> None:
+    assert plugged.plugin is not None
+    answer = _send(plugged, payload)
+    assert answer.error is not None
+    assert answer.error.startswith(error.split(" ", 1)[0])
+    assert error.split(" ", 1)[1] in answer.error
+    assert plugged.plugin.state("dev-1") == DeviceState()
+
+
+def test_a_payload_without_an_id_is_answered_without_one(plugged: GatewayService) -> None:
+    answer = _send(plugged, b"quarantine dev-1", correlation="-")
+    assert answer.error is not None
+    assert "first line must be id" in answer.error
+
+
+def test_random_payloads_do_not_crash_the_broker_or_change_anything(plugged: GatewayService) -> None:
+    assert plugged.plugin is not None
+    rng = __import__("random").Random(5)
+    words = [b"quarantine", b"release", b"type", b"untype", b"get", b"dev-1", b"sensor", b"rw", b" ", b"\n"]
+    for _ in range(300):
+        body = b"".join(rng.choice([*words, bytes([rng.randrange(256)])]) for _ in range(rng.randrange(12)))
+        body = body.replace(b"dev-1", b"dev-9")  # dev-1 must stay untouched
+        _send(plugged, b"id fuzz\n" + body, correlation="fuzz")  # answered: the broker is alive
+    assert plugged.broker.restarts == 0
+    assert plugged.plugin.state("dev-1") == DeviceState()
+
+
+def test_a_bulk_message_sets_many_devices_at_once(plugged: GatewayService) -> None:
+    lines = b"".join(b"type bulk-%d sensor r\n" % i for i in range(5000))
+    answer = _send(plugged, b"id bulk\n" + lines + b"get bulk-4999", correlation="bulk")
+    assert answer.states == {"bulk-4999": DeviceState(False, "sensor", Access.SUBSCRIBE)}
+
+
+def test_a_malformed_state_file_keeps_the_broker_from_starting(plugged: GatewayService) -> None:
+    plugged.broker.stop()
+    plugged.config.plugin_state_file.write_bytes(b"fleetguard-auth-state 1\ndevice dev-1 2 - -\n")
+    with pytest.raises(BrokerStartFailed, match="line 2 is malformed"):
+        plugged.broker.start()

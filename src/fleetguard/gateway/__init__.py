@@ -5,7 +5,11 @@ username. Broker-wide rights (``devices/%u/#``) are ``pattern`` lines of Mosquit
 exceptions the policy decision point asks for, a deny-all quarantine and per-device extra grants (a
 device type's topics), are roles of Mosquitto's dynamic-security plugin, changed at run time over
 MQTT; a device's role carries its broker-wide grants too, so the plugin decides its everyday traffic
-(:mod:`.roles` has the measurements). Revocation is the CRL in
+(:mod:`.roles` has the measurements). Where it builds (``FLEETGUARD_MQTT_PLUGIN``), fleetguard's own
+auth plugin (:mod:`.plugin`) is loaded before dynamic security and holds the quarantines and the
+type grants in a hash table: it allows a device its own subtree and its type's topics, denies a
+quarantined device everything, and defers the rest; a change is a table update and a kick, whatever
+the fleet's size, instead of a rewrite of ``dynsec.json``. Revocation is the CRL in
 the broker's ``crlfile`` plus a kick. Every change is verified before it counts as done: fleetguard
 reads the roles back and a probe connects with the device's identity and reads the broker's reason
 codes (:mod:`fleetguard.gateway.probe`).
@@ -13,6 +17,7 @@ codes (:mod:`fleetguard.gateway.probe`).
 Modules: :mod:`.topics` (topic filters), :mod:`.model` (requests and results), :mod:`.roles`
 (dynamic-security roles), :mod:`.config` (configuration files), :mod:`.crlfile` (what may go into the
 crlfile), :mod:`.authority` (the gateway's loopback CA), :mod:`.dynsec` (control client),
+:mod:`.plugin` (the auth plugin: build, state file, commands),
 :mod:`.probe`, :mod:`.broker` (the supervised process), :mod:`.enforcement` (the enforcer) and
 :mod:`.service` (all of it wired together).
 
@@ -58,6 +63,15 @@ What Mosquitto 2.0.11 (Debian bookworm's build) was verified to do, with certifi
     rewrites all of ``dynsec.json`` after every change: with 50,000 clients, one ``addClientRole``
     took 25 ms (clients without roles) to 170 ms (a one-ACL role each). ``deleteRole`` of a missing
     role answers ``Role not found``.
+12. Plugins are asked in the order of their ``plugin`` lines, the first answer other than "defer"
+    decides, and the ACL file is asked last; ``plugin_opt_*`` lines belong to the ``plugin`` line
+    above them, and a value keeps its spaces (``plugin_opt_control_user fleetguard admin``). A
+    plugin that fails ``mosquitto_plugin_init`` stops the broker from starting (exit, logged).
+13. A publish on ``$CONTROL/<name>/...`` is ACL-checked like any other before the MOSQ_EVT_CONTROL
+    callback for that topic runs, so a device's publish there is answered 0x87 when the plugin
+    denies it; a plugin's denial of a SUBSCRIBE is answered SUBACK 0x87 (the ACL file would grant
+    it). ``mosquitto_kick_client_by_username`` disconnects every connection of the username on
+    every listener, as dynamic security's kicks do (verified by the integration tests).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from fleetguard.gateway.authority import GatewayAuthority
 from fleetguard.gateway.config import BrokerConfig, render_acl, render_dynsec_config, render_mosquitto_conf
 from fleetguard.gateway.crlfile import require_crl_bundle
 from fleetguard.gateway.errors import BrokerReloadFailed, BrokerStartFailed, BrokerUnavailable
+from fleetguard.gateway.plugin import seed_state
 from fleetguard.private_file import create_private_file, replace_private_file
 from fleetguard.types import utc_now
 
@@ -163,6 +164,9 @@ class MosquittoBroker:
         self.install_crl(crl_pem)
         replace_private_file(config.conf_file, render_mosquitto_conf(config).encode())
         replace_private_file(config.acl_file, render_acl(config.grants).encode())
+        if config.auth_plugin is not None and not config.plugin_state_file.exists():
+            # Before dynsec.json is created: quarantines held there (dynamic-security mode) carry over.
+            create_private_file(config.plugin_state_file, seed_state(config.dynsec_file))
         if not config.dynsec_file.exists():
             create_private_file(config.dynsec_file, render_dynsec_config().encode())
         server = self._authority.issue_server(config.control_host, now=self._clock())

@@ -86,6 +86,8 @@ class BrokerConfig:
     grants: tuple[TopicGrant, ...] = DEFAULT_GRANTS
     user: str | None = None
     plugin: Path = DYNSEC_PLUGIN
+    auth_plugin: Path | None = None
+    """fleetguard's auth plugin (:mod:`fleetguard.gateway.plugin`), loaded before dynamic security."""
     max_packet_size: int = _MAX_PACKET_SIZE
     max_inflight_messages: int = _MAX_INFLIGHT
     max_queued_messages: int = _MAX_QUEUED
@@ -104,7 +106,8 @@ class BrokerConfig:
             _require_line_value(value)
 
     def _paths(self) -> tuple[Path, ...]:
-        return (self.directory, self.ca_bundle, self.server_certificate, self.server_key, self.plugin)
+        paths = (self.directory, self.ca_bundle, self.server_certificate, self.server_key, self.plugin)
+        return (*paths, *([self.auth_plugin] if self.auth_plugin else []))
 
     @property
     def conf_file(self) -> Path:
@@ -120,6 +123,11 @@ class BrokerConfig:
     def dynsec_file(self) -> Path:
         """The dynamic-security plugin's state; the plugin rewrites it after every change."""
         return self.directory / "dynsec.json"
+
+    @property
+    def plugin_state_file(self) -> Path:
+        """The auth plugin's state (:class:`~fleetguard.gateway.plugin.StateFile`), read at start."""
+        return self.directory / "fleetguard-auth.state"
 
     @property
     def crl_file(self) -> Path:
@@ -164,6 +172,7 @@ def render_mosquitto_conf(config: BrokerConfig) -> str:
         "log_dest stderr",
         *(f"log_type {level}" for level in ("error", "warning", "notice", "information")),
         "connection_messages true",
+        *_auth_plugin(config),
         f"plugin {config.plugin}",
         f"plugin_opt_config_file {config.dynsec_file}",
         f"acl_file {config.acl_file}",
@@ -183,6 +192,18 @@ def render_mosquitto_conf(config: BrokerConfig) -> str:
         *_tls_client_auth(),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _auth_plugin(config: BrokerConfig) -> list[str]:
+    # First, so that it decides a device's own and type topics before dynamic security is asked;
+    # plugin_opt_* lines belong to the plugin line above them (mosquitto.conf(5)).
+    if config.auth_plugin is None:
+        return []
+    return [
+        f"plugin {config.auth_plugin}",
+        f"plugin_opt_state_file {config.plugin_state_file}",
+        f"plugin_opt_control_user {ADMIN_USERNAME}",
+    ]
 
 
 def _tls_client_auth() -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from fleetguard.errors import FleetguardError
 from fleetguard.gateway.config import BrokerConfig
 from fleetguard.gateway.pep import BrokerEnforcementPoint
+from fleetguard.gateway.plugin import PluginMode, resolve_auth_plugin
 from fleetguard.gateway.service import GatewayService
 from fleetguard.installation import Runtime
 from fleetguard.pki.ca import ChainFormat
@@ -114,8 +115,11 @@ def _start(runtime: Runtime, host: str) -> tuple[GatewayService, bool]:
         directory=directory, ca_bundle=bundle, server_certificate=servers / f"{_NAME}.chain.pem",
         server_key=servers / f"{_NAME}.key.pem", listen_host=host, listen_port=settings.mqtt_port,
         control_port=settings.mqtt_control_port, user=_user(),
+        auth_plugin=resolve_auth_plugin(PluginMode(settings.mqtt_plugin), directory),
     )  # fmt: skip
-    fresh = not (directory / "dynsec.json").exists()
+    fresh = not (directory / "dynsec.json").exists() or (
+        config.auth_plugin is not None and not config.plugin_state_file.exists()
+    )
     gateway = GatewayService(config)
     gateway.start(_crl_bundle(runtime))
     return gateway, fresh

@@ -33,6 +33,12 @@ apply
     and then deleted (it belongs to that device alone); a shared grants role of an earlier version is
     only taken from it. Nothing is sent when the roles already match (no kick).
 
+With fleetguard's auth plugin (:mod:`fleetguard.gateway.plugin`) the same operations go to the plugin
+instead of dynamic security: quarantine marks the device and kicks it, release unmarks it, apply sets
+its type (one ``types/<type>/#`` grant; any other grant beyond the broker-wide patterns is refused)
+and takes away any fleetguard role left in dynamic security, revoke is quarantine plus the CRL. The
+state file is written before each command; the read-back is the plugin's ``get``, the probe the same.
+
 Operations on one device are serialised (striped locks); different devices proceed in parallel.
 """
 
@@ -56,6 +62,7 @@ from fleetguard.gateway.model import (
     Outcome,
     TopicGrant,
 )
+from fleetguard.gateway.plugin import AuthPlugin, DeviceState, type_grant
 from fleetguard.gateway.probe import Permission, ProbeObservation, Prober
 from fleetguard.gateway.roles import (
     DEVICE_ROLE_PREFIX,
@@ -116,8 +123,10 @@ class BrokerEnforcer:
         *,
         grants: tuple[TopicGrant, ...] = DEFAULT_GRANTS,
         clock: Callable[[], dt.datetime] = utc_now,
+        plugin: AuthPlugin | None = None,
     ) -> None:
         self._control = control
+        self._plugin = plugin
         self._prober = prober
         self._broker = broker
         self._grants = grants
@@ -154,6 +163,11 @@ class BrokerEnforcer:
     # -- procedures --------------------------------------------------------------------------
 
     def _quarantine(self, device_id: str) -> str:
+        if self._plugin is not None:
+            self._plugin.quarantine(device_id)
+            self._require_state(self._plugin, device_id, quarantined=True)
+            done = "quarantined in the auth plugin, live connections kicked"
+            return f"{done}; {self._verify(device_id, quarantined=True)}"
         self._control.ensure_client(device_id)
         done = self._add_quarantine(device_id)
         self._require_roles(device_id, quarantined=True, role=None, exact=False)
@@ -167,6 +181,13 @@ class BrokerEnforcer:
         return "quarantine role added, live connections kicked"
 
     def _release(self, device_id: str) -> str:
+        if self._plugin is not None:
+            held = self._plugin.state(device_id)
+            if held.quarantined:
+                self._plugin.set_access(device_id, DeviceState(False, held.device_type, held.access))
+            done = "released in the auth plugin" if held.quarantined else "not quarantined"
+            self._require_state(self._plugin, device_id, quarantined=False)
+            return f"{done}; {self._verify(device_id, quarantined=False)}"
         current = self._control.client_roles(device_id)
         if current is None or QUARANTINE_ROLE not in current.roles:
             done = "not quarantined"
@@ -177,17 +198,26 @@ class BrokerEnforcer:
         return f"{done}; {self._verify(device_id, quarantined=False)}"
 
     def _revoke(self, device_id: str, crl_pem: bytes) -> str:
-        self._control.ensure_client(device_id)
-        done = self._add_quarantine(device_id)
+        if self._plugin is not None:
+            self._plugin.quarantine(device_id)
+            done = "quarantined in the auth plugin, live connections kicked"
+        else:
+            self._control.ensure_client(device_id)
+            done = self._add_quarantine(device_id)
         try:
             self._broker.install_crl(crl_pem)
         except CrlRejected as exc:
             raise CrlRejected(f"{done}, but the CRL was refused: {exc.message}", hint=exc.hint) from exc
         self._broker.reload()
-        self._require_roles(device_id, quarantined=True, role=None, exact=False)
+        if self._plugin is not None:
+            self._require_state(self._plugin, device_id, quarantined=True)
+        else:
+            self._require_roles(device_id, quarantined=True, role=None, exact=False)
         return f"{done}; CRL installed, reload confirmed; {self._verify(device_id, quarantined=True)}"
 
     def _apply(self, access: DeviceAccess) -> str:
+        if self._plugin is not None:
+            return self._apply_plugin(self._plugin, access)
         device_id = access.device_id
         role = device_role(access.grants, self._grants, device_id)
         wanted = {
@@ -207,6 +237,30 @@ class BrokerEnforcer:
             device_id, quarantined=access.quarantined, role=role[0] if role else None, exact=True
         )
         return f"{changes}; {self._verify(device_id, quarantined=access.quarantined)}"
+
+    def _apply_plugin(self, plugin: AuthPlugin, access: DeviceAccess) -> str:
+        device_id = access.device_id
+        held_type = type_grant(access.grants, self._grants, device_id)  # InvalidInput: refused
+        wanted = DeviceState(
+            access.quarantined, held_type[0] if held_type else None, held_type[1] if held_type else None
+        )
+        if plugin.state(device_id) == wanted:
+            changes = "auth plugin already holds it"
+        else:
+            plugin.set_access(device_id, wanted)
+            changes = "auth plugin changed"
+        self._drop_dynsec_roles(device_id)
+        self._require_state(plugin, device_id, quarantined=access.quarantined, exact=wanted)
+        return f"{changes}; {self._verify(device_id, quarantined=access.quarantined)}"
+
+    def _drop_dynsec_roles(self, device_id: str) -> None:
+        # Roles from dynamic-security mode would still decide what the plugin defers (a former type's
+        # topics); the deny-all role stays harmless but goes too, so the broker holds one truth.
+        current = self._control.client_roles(device_id)
+        for name in sorted(name for name in (current.roles if current else {}) if _ours(name)):
+            self._control.remove_client_role(device_id, name)
+            if name.startswith(DEVICE_ROLE_PREFIX):
+                self._control.delete_role(name)
 
     def _change_roles(
         self,
@@ -235,6 +289,15 @@ class BrokerEnforcer:
         return "roles changed, live connections kicked"
 
     # -- verification ------------------------------------------------------------------------
+
+    def _require_state(
+        self, plugin: AuthPlugin, device_id: str, *, quarantined: bool, exact: DeviceState | None = None
+    ) -> None:
+        held = plugin.state(device_id)
+        if held.quarantined is not quarantined:
+            raise _NotVerified(f"read-back: the auth plugin holds {device_id} quarantined={held.quarantined}")
+        if exact is not None and held != exact:
+            raise _NotVerified(f"read-back: the auth plugin holds {held} for {device_id}, expected {exact}")
 
     def _require_roles(self, device_id: str, *, quarantined: bool, role: str | None, exact: bool) -> None:
         current = self._control.client_roles(device_id)

@@ -20,6 +20,7 @@ from fleetguard.gateway.broker import MosquittoBroker
 from fleetguard.gateway.config import BrokerConfig
 from fleetguard.gateway.dynsec import DynsecClient
 from fleetguard.gateway.enforcement import BrokerEnforcer
+from fleetguard.gateway.plugin import RESPONSE_CHANNEL, AuthPluginClient, StateFile
 from fleetguard.gateway.probe import MqttProbe
 from fleetguard.types import utc_now
 
@@ -51,14 +52,22 @@ class GatewayService:
             config, self.authority, executable=executable, ready_timeout_s=ready_timeout_s, clock=clock
         )
         host, port = config.control_host, config.control_port
+        channels = (RESPONSE_CHANNEL,) if config.auth_plugin else ()
         self.control = DynsecClient(
-            host, port, self.authority, config.directory, timeout_s=control_timeout_s, clock=clock
+            host, port, self.authority, config.directory, timeout_s=control_timeout_s, clock=clock,
+            channels=channels,
+        )  # fmt: skip
+        self.plugin = (
+            AuthPluginClient(self.control, StateFile(config.plugin_state_file))
+            if config.auth_plugin
+            else None
         )
+        """fleetguard's auth plugin, when the broker loads it (:mod:`fleetguard.gateway.plugin`)."""
         self.probe = MqttProbe(
             host, port, self.authority, config.directory, timeout_s=probe_timeout_s, clock=clock
         )
         self.enforcer = BrokerEnforcer(
-            self.control, self.probe, self.broker, grants=config.grants, clock=clock
+            self.control, self.probe, self.broker, grants=config.grants, clock=clock, plugin=self.plugin
         )
 
     def start(self, crl_pem: bytes) -> None:

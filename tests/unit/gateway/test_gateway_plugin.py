@@ -55,7 +55,7 @@ def test_a_state_file_reads_back_what_was_written(states: dict[str, DeviceState]
     ],
 )
 def test_a_malformed_state_file_is_refused(data: bytes) -> None:
-    with pytest.raises(InvalidInput, match="state file|username"):
+    with pytest.raises(InvalidInput, match=r"state file|username"):
         parse_state(data)
 
 

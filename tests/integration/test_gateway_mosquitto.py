@@ -13,6 +13,7 @@ failure.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -571,3 +572,20 @@ def test_a_malformed_state_file_keeps_the_broker_from_starting(plugged: GatewayS
     plugged.config.plugin_state_file.write_bytes(b"fleetguard-auth-state 1\ndevice dev-1 2 - -\n")
     with pytest.raises(BrokerStartFailed, match="line 2 is malformed"):
         plugged.broker.start()
+
+
+def test_switching_from_the_plugin_back_to_dynamic_security_keeps_quarantines(
+    fleet: Fleet, plugged: GatewayService, devices: list[Device]
+) -> None:
+    assert plugged.enforcer.quarantine("dev-1").outcome is Outcome.ENFORCED
+    plugged.stop()
+    config = dataclasses.replace(plugged.config, auth_plugin=None)  # FLEETGUARD_MQTT_PLUGIN=off
+    fallback = GatewayService(config, executable=_require_mosquitto(), ready_timeout_s=1.5)
+    fallback.start(fleet.crl())
+    try:
+        again = _device(fleet, fallback, devices, "dev-1")
+        assert again.publish("devices/dev-1/telemetry") == NOT_AUTHORIZED  # from the first moment
+        assert _device(fleet, fallback, devices, "dev-2").publish("devices/dev-2/telemetry") in (0, 0x10)
+        assert fallback.enforcer.release("dev-1").outcome is Outcome.ENFORCED
+    finally:
+        fallback.stop()

@@ -43,7 +43,7 @@ from fleetguard.gateway.authority import GatewayAuthority
 from fleetguard.gateway.config import BrokerConfig, render_acl, render_dynsec_config, render_mosquitto_conf
 from fleetguard.gateway.crlfile import require_crl_bundle
 from fleetguard.gateway.errors import BrokerReloadFailed, BrokerStartFailed, BrokerUnavailable
-from fleetguard.gateway.plugin import seed_state
+from fleetguard.gateway.plugin import carry_quarantines_to_dynsec, seed_state
 from fleetguard.private_file import create_private_file, replace_private_file
 from fleetguard.types import utc_now
 
@@ -169,6 +169,9 @@ class MosquittoBroker:
             create_private_file(config.plugin_state_file, seed_state(config.dynsec_file))
         if not config.dynsec_file.exists():
             create_private_file(config.dynsec_file, render_dynsec_config().encode())
+        if config.auth_plugin is None:
+            # Back from the plugin to dynamic security: its quarantines carry over before the start.
+            carry_quarantines_to_dynsec(config.plugin_state_file, config.dynsec_file)
         server = self._authority.issue_server(config.control_host, now=self._clock())
         replace_private_file(config.control_key, server.key_pem)
         replace_private_file(config.control_certificate, server.certificate_pem)

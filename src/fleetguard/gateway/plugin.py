@@ -51,7 +51,7 @@ from fleetguard.errors import InvalidInput
 from fleetguard.gateway.dynsec import DynsecClient, ResponseChannel
 from fleetguard.gateway.errors import BrokerCommandFailed, GatewayError
 from fleetguard.gateway.model import Access, TopicGrant
-from fleetguard.gateway.roles import QUARANTINE_ROLE, covered
+from fleetguard.gateway.roles import QUARANTINE_PRIORITY, QUARANTINE_ROLE, covered
 from fleetguard.private_file import replace_private_file
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "StateFile",
     "Verb",
     "build_auth_plugin",
+    "carry_quarantines_to_dynsec",
     "decode_response",
     "encode_request",
     "parse_state",
@@ -454,6 +455,44 @@ def seed_state(dynsec_file: Path) -> bytes:
         if isinstance(client, dict) and QUARANTINE_ROLE in _rolenames(client.get("roles"))
     }
     return render_state({user: DeviceState(quarantined=True) for user in held if _usable(user)})
+
+
+def carry_quarantines_to_dynsec(state_file: Path, dynsec_file: Path) -> int:
+    """Move the quarantines of the plugin's ``state_file`` into ``dynsec_file``; return how many.
+
+    The other direction of :func:`seed_state`: a gateway that switches from the plugin back to
+    dynamic-security roles (``FLEETGUARD_MQTT_PLUGIN=off``, or ``auto`` on a host that cannot build a
+    new plugin) keeps its quarantines from the first moment instead of until the reconcile after
+    start. Each quarantined device becomes a dynamic-security client holding the quarantine role at
+    its priority; the state file is then renamed ``<name>.retired``, so a later switch back to the
+    plugin seeds its state from ``dynsec_file`` again. Raises ``InvalidInput`` for a state file or a
+    ``dynsec.json`` that does not parse (the broker is then not started: fail closed).
+    """
+    if not state_file.exists():
+        return 0
+    held = sorted(user for user, state in parse_state(state_file.read_bytes()).items() if state.quarantined)
+    if held:
+        try:
+            document = json.loads(dynsec_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"{dynsec_file} cannot take the plugin's quarantines: {exc}") from exc
+        clients = document.get("clients") if isinstance(document, dict) else None
+        if not isinstance(clients, list):
+            raise InvalidInput(f"{dynsec_file} has no list of clients")
+        known = {str(client.get("username")): client for client in clients if isinstance(client, dict)}
+        for user in held:
+            client = known.get(user)
+            if client is None:
+                client = {"username": user, "roles": []}
+                clients.append(client)
+            roles = client.get("roles")
+            if not isinstance(roles, list):
+                roles = client["roles"] = []
+            if QUARANTINE_ROLE not in _rolenames(roles):
+                roles.append({"rolename": QUARANTINE_ROLE, "priority": QUARANTINE_PRIORITY})
+        replace_private_file(dynsec_file, (json.dumps(document, indent=2) + "\n").encode())
+    state_file.replace(state_file.with_name(state_file.name + ".retired"))
+    return len(held)
 
 
 def _rolenames(roles: object) -> set[str]:

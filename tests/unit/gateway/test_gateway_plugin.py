@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fleetguard.gateway.plugin import (
     DeviceState,
     StateFile,
     Verb,
+    carry_quarantines_to_dynsec,
     decode_response,
     encode_request,
     parse_state,
@@ -24,6 +26,8 @@ from fleetguard.gateway.plugin import (
     seed_state,
     type_grant,
 )
+
+QUARANTINED = {"rolename": "fleetguard-quarantine", "priority": 1_000_000}
 
 OWN = (TopicGrant(Access.BOTH, "devices/%u/#"),)
 NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True)
@@ -79,6 +83,51 @@ def test_quarantines_carry_over_from_dynamic_security(tmp_path: Path) -> None:
     )
     assert parse_state(seed_state(dynsec)) == {"dev-1": DeviceState(quarantined=True)}
     assert seed_state(tmp_path / "missing.json") == b"fleetguard-auth-state 1\n"
+
+
+def test_quarantines_carry_back_to_dynamic_security(tmp_path: Path) -> None:
+    dynsec = tmp_path / "dynsec.json"
+    dynsec.write_text(
+        '{"defaultACLAccess": {}, "roles": [], "clients": ['
+        '{"username": "dev-1", "roles": [{"rolename": "fleetguard-device-x"}]},'
+        ' {"username": "dev-3", "roles": [{"rolename": "fleetguard-quarantine", "priority": 1000000}]}]}'
+    )
+    state = tmp_path / "auth-state"
+    state.write_bytes(
+        render_state({
+            "dev-1": DeviceState(quarantined=True),
+            "dev-2": DeviceState(quarantined=True, device_type="cam", access=Access.BOTH),
+            "dev-3": DeviceState(quarantined=True),
+            "dev-4": DeviceState(device_type="cam", access=Access.BOTH),
+        })
+    )  # fmt: skip
+
+    assert carry_quarantines_to_dynsec(state, dynsec) == 3
+
+    document = json.loads(dynsec.read_text())
+    assert document["clients"] == [
+        {"username": "dev-1", "roles": [{"rolename": "fleetguard-device-x"}, QUARANTINED]},
+        {"username": "dev-3", "roles": [QUARANTINED]},
+        {"username": "dev-2", "roles": [QUARANTINED]},
+    ]
+    assert stat.S_IMODE(dynsec.stat().st_mode) == 0o600
+    assert not state.exists()
+    assert parse_state((tmp_path / "auth-state.retired").read_bytes())["dev-2"].quarantined
+    assert carry_quarantines_to_dynsec(state, dynsec) == 0  # nothing left to carry: a restart is a no-op
+    assert json.loads(dynsec.read_text()) == document
+
+
+def test_a_dynsec_file_that_cannot_take_the_quarantines_refuses_the_start(tmp_path: Path) -> None:
+    dynsec = tmp_path / "dynsec.json"
+    dynsec.write_text("{not json")
+    state = tmp_path / "auth-state"
+    state.write_bytes(render_state({"dev-1": DeviceState(quarantined=True)}))
+
+    with pytest.raises(InvalidInput, match="cannot take the plugin's quarantines"):
+        carry_quarantines_to_dynsec(state, dynsec)
+
+    assert dynsec.read_text() == "{not json"
+    assert state.exists()  # kept for the next attempt
 
 
 def test_a_request_is_an_id_line_and_a_line_per_command() -> None:

@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 
 from fleetguard.cli.ca import PassphraseFile, signing_context, write_artifact
+from fleetguard.cli.certs import ReasonOption
 from fleetguard.cli.context import cli_context, operator_actor
 from fleetguard.cli.exit_status import EXIT_STATUS_EPILOG
 from fleetguard.cli.output import (
@@ -239,6 +240,49 @@ def show_batch(
     if signature is not None:
         write_artifact(stored.signature, signature, binary=True)
     write_artifact(stored.manifest, "-", binary=False)
+
+
+@app.command("revoke")
+def revoke_batch(  # noqa: PLR0917 - one parameter per option; typer passes them by keyword
+    ctx: typer.Context,
+    batch_id: Annotated[
+        str, typer.Argument(metavar="BATCH_ID", help="The batch's id (from batch list).", show_default=False)
+    ],
+    reason: ReasonOption,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    passphrase_file: PassphraseFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke every valid certificate of every device of a batch, e.g. when its key bundle was lost.
+
+    The devices are those of the batch's signed manifest. A device keeps its key when it renews, so
+    all its certificates are revoked, not only the one the batch issued; it must enroll again (with a
+    token) to get a new key. Each certificate's CRL shard is re-signed before the next is revoked.
+    Running it again after an interruption revokes the rest.
+    """
+    with signing_context(ctx, passphrase_file).runtime() as runtime:
+        stored = runtime.batches.batch(batch_id)
+        runtime.pki.issuer(stored.batch.issuer_id)  # a wrong passphrase fails before anything changes
+        if not yes and not typer.confirm(
+            f"revoke the certificates of the {stored.batch.count} devices of batch {stored.batch.id} "
+            f"({reason})?",
+            err=True,
+        ):
+            raise typer.Exit(1)
+        with progress_bar() as bar:
+            result = runtime.batches.revoke(
+                batch_id, reason, actor=operator_actor(), progress=StageProgress(bar)
+            )
+    if as_json:
+        revoked = [f"{serial:x}" for serial in result.revoked]
+        print_json(
+            {"batch": result.batch_id, "devices": result.devices, "revoked": revoked, "reason": reason}
+        )
+        return
+    typer.echo(
+        f"batch {result.batch_id}: {len(result.revoked)} certificates of {result.devices} devices revoked "
+        f"({reason}); their CRL shards re-signed"
+    )
 
 
 @app.command("verify")

@@ -58,7 +58,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, defer
 
 from fleetguard.enroll.errors import BatchRejected, EnrollmentError, EnrollmentNotFound
-from fleetguard.enroll.manifest import BatchMode, Manifest, ManifestDevice, sign_manifest
+from fleetguard.enroll.manifest import BatchMode, Manifest, ManifestDevice, parse_manifest, sign_manifest
 from fleetguard.errors import InvalidInput
 from fleetguard.events.entry import DataValue, NewEvent
 from fleetguard.events.log import EventLog
@@ -69,6 +69,7 @@ from fleetguard.inventory.model import DeviceSpec, DeviceType, validate_device_i
 from fleetguard.inventory.service import Inventory
 from fleetguard.pki.csr import MAX_CSR_BYTES, CsrPublicKey, validate_csr
 from fleetguard.pki.errors import CsrRejected
+from fleetguard.pki.revocation import RevocationReason
 from fleetguard.pki.service import CertificateService, SignedDevices
 from fleetguard.store.database import Database
 from fleetguard.store.errors import DuplicateKey
@@ -81,6 +82,7 @@ __all__ = [
     "MAX_BATCH_INPUT_BYTES",
     "Batch",
     "BatchDevice",
+    "BatchRevocation",
     "BatchService",
     "BundleSink",
     "CsrInput",
@@ -172,6 +174,15 @@ class IssuedBatch:
     signature: bytes
     chain: tuple[x509.Certificate, x509.Certificate]
     devices: tuple[BatchDevice, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRevocation:
+    """What revoking a batch did: its devices, and the serials of the certificates revoked now."""
+
+    batch_id: str
+    devices: int
+    revoked: tuple[int, ...]
 
 
 class BundleSink(Protocol):
@@ -389,6 +400,42 @@ class BatchService:
         with self._db.reading() as session:
             row = _row(session, batch_id)
             return StoredBatch(_batch(row), bytes(row.manifest), bytes(row.signature))
+
+    def revoke(
+        self,
+        batch_id: str,
+        reason: RevocationReason,
+        *,
+        actor: str,
+        progress: Progress | None = None,
+    ) -> BatchRevocation:
+        """Revoke every valid certificate of every device of the batch; return what was revoked.
+
+        For a key-generation bundle that was lost or leaked (its keys are compromised, and a device
+        keeps its key when it renews, so every certificate it holds is revoked, not only the batch's),
+        or a production run that must not go into service. The devices are those of the signed
+        manifest, not of the inventory label (which an operator may change). Each certificate is
+        revoked as ``fleetguard certs revoke`` does (``cert.revoked``, its CRL shard re-signed before
+        the next); ``enroll.batch_revoked`` records the count at the end. A crash part-way leaves the
+        certificates revoked so far revoked; revoking the batch again revokes the rest (certificates
+        revoked already are skipped). Raises ``EnrollmentNotFound``.
+        """
+        stored = self.batch(batch_id)
+        manifest = parse_manifest(stored.manifest)
+        revoked: list[int] = []
+        for _, device in _counted(manifest.devices, "revoking", progress):
+            records = self._pki.revoke_device(device.device_id, reason, actor=actor)
+            revoked += [record.serial for record in records]
+        result = BatchRevocation(stored.batch.id, manifest.count, tuple(revoked))
+        with self._db.transaction() as session:
+            event = NewEvent(
+                actor=actor, subject=f"enroll-batch:{stored.batch.id}", action="enroll.batch_revoked",
+                reason=str(reason), data={"batch": stored.batch.id, "devices": result.devices,
+                                          "revoked": len(revoked), "reason": str(reason)},
+            )  # fmt: skip
+            self._log.append(session, event, now=self._clock())
+        publish_committed(self._on_commit)
+        return result
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -57,7 +57,8 @@ from fleetguard.installation import Runtime, initialize
 from fleetguard.inventory.lifecycle import State
 from fleetguard.inventory.model import DeviceFilter, DeviceSpec
 from fleetguard.pki.keys import Passphrase
-from fleetguard.pki.service import CertificateService, FleetView
+from fleetguard.pki.revocation import RevocationReason
+from fleetguard.pki.service import CertificateService, CertificateStatus, FleetView
 from fleetguard.store.models import EnrollmentBatchRow
 from fleetguard.types import utc_now
 
@@ -572,6 +573,49 @@ def test_a_keygen_bundle_without_a_passphrase_is_refused_before_recording(setup:
 
 
 # --- listing ---------------------------------------------------------------------------------------------
+
+
+def test_revoking_a_batch_revokes_every_certificate_of_its_devices_and_no_other(setup: Setup) -> None:
+    issued = setup.batches.create_from_csrs(MODEL, 2, _csrs("cam-1", "cam-2"), actor="ops")
+    other = setup.batches.create_from_csrs(MODEL, 1, _csrs("cam-9"), actor="ops")
+    [first] = setup.runtime.pki.certificates(view=FleetView.ALL, device_id="cam-1", limit=10)
+    renewed = setup.runtime.pki.renew_device(  # a second certificate of the device
+        "cam-1", _csr("cam-1", encoding=DER), serial=first.serial, actor="device:cam-1"
+    )
+    stages: list[tuple[str, int, int]] = []
+    before = setup.runtime.log.size()
+
+    result = setup.batches.revoke(
+        issued.batch.id, RevocationReason.KEY_COMPROMISE, actor="ops", progress=lambda *a: stages.append(a)
+    )
+
+    certificates = setup.runtime.pki.certificates(view=FleetView.ALL, limit=100)
+    revoked = {r.serial for r in certificates if r.status is CertificateStatus.REVOKED}
+    assert revoked == set(result.revoked)
+    assert {r.device_id for r in certificates if r.serial in revoked} == {"cam-1", "cam-2"}
+    assert len(revoked) == 3
+    assert renewed.serial in revoked
+    assert {r.reason for r in certificates if r.serial in revoked} == {RevocationReason.KEY_COMPROMISE}
+    assert [r.status for r in certificates if r.device_id == "cam-9"] == [CertificateStatus.VALID]
+    assert (result.batch_id, result.devices) == (issued.batch.id, 2)
+    assert stages[-1] == ("revoking", 2, 2)
+    entries = setup.runtime.log.entries(after_seq=before, limit=100)
+    assert [e.action for e in entries] == ["cert.revoked"] * 3 + ["enroll.batch_revoked"]
+    assert entries[-1].details() == {
+        "batch": issued.batch.id, "devices": 2, "revoked": 3, "reason": "keyCompromise",
+    }  # fmt: skip
+    assert other.batch.id != issued.batch.id
+
+    again = setup.batches.revoke(issued.batch.id, RevocationReason.KEY_COMPROMISE, actor="ops")
+    assert again.revoked == ()  # revoking again after an interruption finishes the rest: here nothing
+
+
+def test_revoking_an_unknown_batch_changes_nothing(setup: Setup) -> None:
+    setup.batches.create_from_csrs(MODEL, 1, _csrs("cam-1"), actor="ops")
+    before = setup.state()
+    with pytest.raises(EnrollmentNotFound):
+        setup.batches.revoke("nope", RevocationReason.KEY_COMPROMISE, actor="ops")
+    assert setup.state() == before
 
 
 def test_batches_are_listed_oldest_first_and_paged(setup: Setup) -> None:

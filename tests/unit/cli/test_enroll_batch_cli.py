@@ -402,6 +402,12 @@ def test_verify_refuses_a_changed_manifest(cli: Cli, ready: None, csrs: Path, tm
     assert one_line(result.stderr).startswith("error: manifest signature does not verify with this key")
 
 
+def _certificates(cli: Cli) -> list[dict[str, object]]:
+    listed = cli.json("certs", "list")
+    assert isinstance(listed, list)
+    return listed
+
+
 def test_revoke_asks_first_then_revokes_the_batch(cli: Cli, ready: None, csrs: Path, tmp_path: Path) -> None:
     created = cli.json(
         "enroll", "batch", "--model", "cam-x", "--count", "3", "--csrs", str(csrs), "--out",
@@ -412,14 +418,14 @@ def test_revoke_asks_first_then_revokes_the_batch(cli: Cli, ready: None, csrs: P
 
     declined = cli("enroll", "batch", "revoke", batch, "--reason", "keyCompromise", stdin="n\n")
     assert declined.exit_code == 1
-    assert {c["status"] for c in cli.json("certs", "list")} == {"valid"}
+    assert {c["status"] for c in _certificates(cli)} == {"valid"}
 
     done = cli.json("enroll", "batch", "revoke", batch, "--reason", "keyCompromise", "--yes")
     assert isinstance(done, dict)
     assert (done["batch"], done["devices"], len(done["revoked"]), done["reason"]) == (
         batch, 3, 3, "keyCompromise",
     )  # fmt: skip
-    assert {(c["status"], c["reason"]) for c in cli.json("certs", "list")} == {("revoked", "keyCompromise")}
+    assert {(c["status"], c["reason"]) for c in _certificates(cli)} == {("revoked", "keyCompromise")}
     again = cli.ok("enroll", "batch", "revoke", batch, "--reason", "keyCompromise", "--yes")
     assert f"batch {batch}: 0 certificates of 3 devices revoked" in again.stdout
 

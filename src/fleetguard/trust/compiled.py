@@ -213,7 +213,6 @@ def compiled_request(
     device: Uid = (f"{_NS}Device", facts.device_id)
     device_type: Uid = (f"{_NS}DeviceType", facts.device_type)
     site: Uid = (f"{_NS}Site", facts.site)
-    posture = facts.posture
     attrs = {
         "state": facts.state,
         "manufacturer": facts.manufacturer,
@@ -222,13 +221,7 @@ def compiled_request(
         "site": site,
         "labels": frozenset(facts.labels),
         "identity": {"certificate_valid": facts.certificate_valid, "revoked": facts.revoked},
-        "posture": {
-            "firmware_version": posture.firmware_version,
-            "firmware_compliant": posture.firmware_compliant,
-            "end_of_life": posture.end_of_life,
-            "known_vulnerable": posture.known_vulnerable,
-            "attestation_fresh": posture.attestation_fresh,
-        },
+        "posture": facts.posture.attributes(),
         "risk": facts.risk,
     }
     return Request(

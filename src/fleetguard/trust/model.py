@@ -57,6 +57,16 @@ class Posture:
     known_vulnerable: bool = False
     attestation_fresh: bool = False
 
+    def attributes(self) -> dict[str, str | bool]:
+        """Return the posture as the schema's ``Posture`` record (what policies read)."""
+        return {
+            "firmware_version": self.firmware_version,
+            "firmware_compliant": self.firmware_compliant,
+            "end_of_life": self.end_of_life,
+            "known_vulnerable": self.known_vulnerable,
+            "attestation_fresh": self.attestation_fresh,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceFacts:

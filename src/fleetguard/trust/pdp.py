@@ -321,7 +321,6 @@ def _entities(facts: DeviceFacts, resources: Sequence[Resource]) -> list[dict[st
     device = {"type": f"{_NS}Device", "id": facts.device_id}
     device_type = {"type": f"{_NS}DeviceType", "id": facts.device_type}
     site = {"type": f"{_NS}Site", "id": facts.site}
-    posture = facts.posture
     entities: list[dict[str, object]] = [
         {
             "uid": device,
@@ -333,13 +332,7 @@ def _entities(facts: DeviceFacts, resources: Sequence[Resource]) -> list[dict[st
                 "site": {"__entity": site},
                 "labels": list(facts.labels),
                 "identity": {"certificate_valid": facts.certificate_valid, "revoked": facts.revoked},
-                "posture": {
-                    "firmware_version": posture.firmware_version,
-                    "firmware_compliant": posture.firmware_compliant,
-                    "end_of_life": posture.end_of_life,
-                    "known_vulnerable": posture.known_vulnerable,
-                    "attestation_fresh": posture.attestation_fresh,
-                },
+                "posture": facts.posture.attributes(),
                 "risk": facts.risk,
             },
             "parents": [device_type, site],

@@ -5,7 +5,9 @@ Theory of operation. The evaluator is a durable consumer of the event bus. An ev
 (``device.*`` lifecycle and inventory changes, ``cert.issued``/``cert.renewed``/``cert.revoked``,
 ``trust.signals_changed``) re-decides that device; ``trust.policy_applied`` re-decides every device.
 Re-deciding means computing the device's :class:`AccessPlan` and comparing its digest with the
-last enforced one in ``trust_enforcement``: an unchanged, enforced plan costs nothing more.
+last enforced one in ``trust_enforcement``: an unchanged, enforced plan costs nothing more. That
+comparison runs on every event about a device (each certificate renewal is one), so the row is read
+with a prepared statement on the driver (:mod:`fleetguard.store.driver`), as are the device's facts.
 
 Each enforcement point (the MQTT broker; later the firewall) gets the plan and answers with an
 :class:`EnforcementReport`. The plan counts as enforced only if every point verified it (PEPs
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from fleetguard.errors import FleetguardError
 from fleetguard.events.bus import EventBus
@@ -37,6 +39,7 @@ from fleetguard.events.relay import publish_committed
 from fleetguard.inventory.errors import DeviceNotFound
 from fleetguard.inventory.service import device_event_subject
 from fleetguard.store.database import Database
+from fleetguard.store.driver import Prepared
 from fleetguard.store.models import EnforcementRow
 from fleetguard.trust.service import AccessPlan, TrustService
 
@@ -55,6 +58,12 @@ _BACKOFF_MAX_S = 300.0
 _ACTOR = "trust:evaluator"
 _DEVICE_ACTIONS = ("device.", "cert.issued", "cert.renewed", "cert.revoked", "trust.signals_changed")
 _FETCH = 256
+_ENFORCEMENT = EnforcementRow.__table__
+_PREVIOUS = Prepared(
+    select(_ENFORCEMENT.c.desired_digest, _ENFORCEMENT.c.status, _ENFORCEMENT.c.attempts).where(
+        _ENFORCEMENT.c.device_id == bindparam("device_id")
+    )
+)
 _log = logging.getLogger(__name__)
 
 
@@ -95,6 +104,15 @@ class EnforcementOutcome:
     status: str
     changed: bool
     reports: tuple[EnforcementReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Previous:
+    """What ``trust_enforcement`` holds for a device: the digest of the plan last sent, and its outcome."""
+
+    digest: str
+    status: str
+    attempts: int
 
 
 class ContinuousEvaluator:
@@ -223,12 +241,11 @@ class ContinuousEvaluator:
                 return None
             desired = _desired(plan)
             digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
-            previous = self.status(device_id)
-            unchanged = previous is not None and previous.desired_digest == digest
+            previous = self._previous(device_id)
             if (
                 not force
-                and unchanged
                 and previous is not None
+                and previous.digest == digest
                 and previous.status == EnforcementStatus.ENFORCED
             ):
                 return EnforcementOutcome(device_id, previous.status, False, ())
@@ -237,6 +254,11 @@ class ContinuousEvaluator:
             self._record(plan, desired, digest, reports, verified=verified, previous=previous)
             status = EnforcementStatus.ENFORCED if verified else EnforcementStatus.FAILED
             return EnforcementOutcome(device_id, status, True, reports)
+
+    def _previous(self, device_id: str) -> _Previous | None:
+        with self._db.driver_reading() as reading:
+            row = reading.first(_PREVIOUS, {"device_id": device_id})
+        return None if row is None else _Previous(row.desired_digest, row.status, row.attempts)
 
     def _enforce(self, point: EnforcementPoint, plan: AccessPlan) -> EnforcementReport:
         try:
@@ -252,11 +274,11 @@ class ContinuousEvaluator:
         reports: tuple[EnforcementReport, ...],
         *,
         verified: bool,
-        previous: EnforcementRow | None,
+        previous: _Previous | None,
     ) -> None:
         now = self._clock()
         detail = "; ".join(f"{r.point}: {r.detail}" for r in reports)[:2000]
-        same_plan = previous is not None and previous.desired_digest == digest
+        same_plan = previous is not None and previous.digest == digest
         attempts = 0 if verified else (previous.attempts if previous is not None and same_plan else 0) + 1
         with self._db.transaction() as session:
             row = session.get(EnforcementRow, plan.device_id)

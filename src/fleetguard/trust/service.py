@@ -16,19 +16,22 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from fleetguard.events.entry import NewEvent
 from fleetguard.events.log import EventLog
 from fleetguard.events.relay import publish_committed
+from fleetguard.inventory.errors import DeviceNotFound
+from fleetguard.inventory.lifecycle import State
 from fleetguard.inventory.model import Device
 from fleetguard.inventory.service import Inventory, device_event_subject
-from fleetguard.pki.service import IdentityStatus
+from fleetguard.pki.service import CertificateStatus, IdentityStatus
 from fleetguard.store.database import Database
-from fleetguard.store.models import DeviceSignalRow, EnforcementRow, PolicySetRow
+from fleetguard.store.driver import DriverRow, Prepared
+from fleetguard.store.models import CertificateRow, DeviceRow, DeviceSignalRow, EnforcementRow, PolicySetRow
 from fleetguard.trust.diff import OutcomeChange, diff_policies
 from fleetguard.trust.errors import PolicyConflict, PolicyVersionNotFound, TrustInputInvalid
 from fleetguard.trust.model import (
@@ -59,6 +62,26 @@ __all__ = [
 ATTESTATION_FRESH_FOR = dt.timedelta(hours=24)
 _MAX_REASON = 1000
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+
+_DEVICES = DeviceRow.__table__
+_SIGNALS = DeviceSignalRow.__table__
+_CERTIFICATES = CertificateRow.__table__
+# One device's inventory facts, its signals (none: a row of NULLs) and the policy version in force.
+_DEVICE_INPUTS = Prepared(
+    select(
+        _DEVICES.c.state, _DEVICES.c.manufacturer, _DEVICES.c.model, _DEVICES.c.device_type_id,
+        _DEVICES.c.site_id, _DEVICES.c.labels, _DEVICES.c.firmware_version,
+        _SIGNALS.c.risk, _SIGNALS.c.known_vulnerable, _SIGNALS.c.attested_at,
+        select(func.max(PolicySetRow.version)).scalar_subquery().label("policy_version"),
+    )
+    .select_from(_DEVICES.outerjoin(_SIGNALS, _SIGNALS.c.device_id == _DEVICES.c.id))
+    .where(_DEVICES.c.id == bindparam("device_id"))
+)  # fmt: skip
+_DEVICE_CERTIFICATES = Prepared(
+    select(_CERTIFICATES.c.status, _CERTIFICATES.c.not_after).where(
+        _CERTIFICATES.c.device_id == bindparam("device_id")
+    )
+)
 
 
 class IdentitySource(Protocol):
@@ -143,11 +166,7 @@ class TrustService:
         """Return the policy in force (another process's apply is seen: the version is re-read)."""
         with self._db.reading() as session:
             latest = session.scalar(select(func.max(PolicySetRow.version))) or 0
-        with self._lock:
-            if latest != self._current.version:
-                self._current = self._load()
-                self._pdp.use(self._current.policies)
-            return self._current
+        return self._in_force(latest)
 
     def history(self, *, limit: int = 50) -> list[StoredPolicy]:
         """Return stored versions, newest first (the default is version 0, never stored)."""
@@ -246,9 +265,7 @@ class TrustService:
 
     def facts(self, device_id: str, *, now: dt.datetime | None = None) -> DeviceFacts:
         """Return the inputs of decisions about ``device_id``; raise ``DeviceNotFound``."""
-        moment = now or self._clock()
-        device = self._inventory.get(device_id)
-        return self._facts_of([device], self.policy().firmware, moment)[0]
+        return self._device_facts(device_id, now or self._clock())[1]
 
     def decide(
         self,
@@ -261,16 +278,13 @@ class TrustService:
     ) -> Decision:
         """Decide one request of ``device_id``."""
         moment = now or self._clock()
-        self.policy()
-        return self._pdp.decide(
-            self.facts(device_id, now=moment), action, resource, RequestContext.at(moment, network)
-        )
+        _, facts = self._device_facts(device_id, moment)
+        return self._pdp.decide(facts, action, resource, RequestContext.at(moment, network))
 
     def access(self, device_id: str, *, now: dt.datetime | None = None) -> AccessPlan:
         """Decide every candidate request of the device; return what enforcement must hold."""
         moment = now or self._clock()
-        current = self.policy()
-        facts = self.facts(device_id, now=moment)
+        current, facts = self._device_facts(device_id, moment)
         decisions = tuple(self._pdp.decide_all(facts, RequestContext.at(moment)))
         connect = decisions[0].outcome
         grants = tuple(
@@ -346,6 +360,25 @@ class TrustService:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _in_force(self, latest: int) -> StoredPolicy:
+        """Return the policy in force, reloaded (and given to the PDP) when ``latest`` is a new version."""
+        with self._lock:
+            if latest != self._current.version:
+                self._current = self._load()
+                self._pdp.use(self._current.policies)
+            return self._current
+
+    def _device_facts(self, device_id: str, now: dt.datetime) -> tuple[StoredPolicy, DeviceFacts]:
+        """Return the policy in force and the device's facts, read in one transaction."""
+        with self._db.driver_reading() as reading:
+            row = reading.first(_DEVICE_INPUTS, {"device_id": device_id})
+            if row is None:
+                raise DeviceNotFound(device_id)
+            certificates = reading.rows(_DEVICE_CERTIFICATES, {"device_id": device_id})
+        current = self._in_force(row.policy_version or 0)
+        facts = _facts(_inputs_of_row(device_id, row), _identity(certificates, now), current.firmware, now)
+        return current, facts
+
     def _fleet_facts(self, firmware: FirmwarePolicy, now: dt.datetime) -> list[DeviceFacts]:
         facts: list[DeviceFacts] = []
         batch: list[Device] = []
@@ -367,7 +400,9 @@ class TrustService:
                 for row in session.scalars(select(DeviceSignalRow).where(DeviceSignalRow.device_id.in_(ids)))
             }
         return [
-            _facts(device, identities.get(device.id), signals.get(device.id), firmware, now)
+            _facts(
+                _inputs_of_device(device, signals.get(device.id)), identities.get(device.id), firmware, now
+            )
             for device in devices
         ]
 
@@ -389,30 +424,79 @@ def _changes(
             )
 
 
-def _facts(
-    device: Device,
-    identity: IdentityStatus | None,
-    signals: DeviceSignalRow | None,
-    firmware: FirmwarePolicy,
-    now: dt.datetime,
-) -> DeviceFacts:
-    device_type = device.device_type or ""
-    attested = (
-        signals is not None
-        and signals.attested_at is not None
-        and now - signals.attested_at <= ATTESTATION_FRESH_FOR
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a device's facts are made of: its inventory record and its signals (the defaults when it
+    has no signals row)."""
+
+    device_id: str
+    state: State
+    manufacturer: str
+    model: str
+    device_type: str | None
+    site: str | None
+    labels: Mapping[str, str]
+    firmware_version: str
+    risk: int = 0
+    known_vulnerable: bool = False
+    attested_at: dt.datetime | None = None
+
+
+def _inputs_of_device(device: Device, signals: DeviceSignalRow | None) -> _Inputs:
+    inputs = _Inputs(
+        device.id, device.state, device.manufacturer, device.model, device.device_type, device.site,
+        device.labels, device.firmware_version,
+    )  # fmt: skip
+    if signals is None:
+        return inputs
+    return replace(
+        inputs, risk=signals.risk, known_vulnerable=signals.known_vulnerable, attested_at=signals.attested_at
     )
+
+
+def _inputs_of_row(device_id: str, row: DriverRow) -> _Inputs:
+    """Return the inputs in a row of ``_DEVICE_INPUTS`` (its signal columns are NULL without signals)."""
+    inputs = _Inputs(
+        device_id, State(row.state), row.manufacturer, row.model, row.device_type_id, row.site_id,
+        dict(row.labels or {}), row.firmware_version,
+    )  # fmt: skip
+    if row.risk is None:
+        return inputs
+    return replace(
+        inputs, risk=row.risk, known_vulnerable=bool(row.known_vulnerable), attested_at=row.attested_at
+    )
+
+
+def _identity(certificates: Sequence[DriverRow], now: dt.datetime) -> IdentityStatus | None:
+    """Return a device's identity from its certificates' (status, not_after), ``None`` without any:
+    the rule of ``CertificateService.identity_status``."""
+    usable = revoked = False
+    for status, not_after in certificates:
+        if status == CertificateStatus.REVOKED.value:
+            revoked = True
+        elif not_after > now:
+            usable = True
+    if not (usable or revoked):
+        return None
+    return IdentityStatus(usable, revoked and not usable)
+
+
+def _facts(
+    inputs: _Inputs, identity: IdentityStatus | None, firmware: FirmwarePolicy, now: dt.datetime
+) -> DeviceFacts:
+    device_type = inputs.device_type or ""
+    attested = inputs.attested_at is not None and now - inputs.attested_at <= ATTESTATION_FRESH_FOR
     posture = posture_of(
-        firmware, device_type, device.firmware_version,
-        known_vulnerable=signals is not None and signals.known_vulnerable, attestation_fresh=attested,
+        firmware, device_type, inputs.firmware_version,
+        known_vulnerable=inputs.known_vulnerable, attestation_fresh=attested,
     )  # fmt: skip
     return DeviceFacts(
-        device_id=device.id, state=device.state.value, manufacturer=device.manufacturer, model=device.model,
-        device_type=device_type, site=device.site or "",
-        labels=tuple(sorted(f"{key}={value}" for key, value in device.labels.items())),
+        device_id=inputs.device_id, state=inputs.state.value, manufacturer=inputs.manufacturer,
+        model=inputs.model, device_type=device_type, site=inputs.site or "",
+        labels=tuple(sorted(f"{key}={value}" for key, value in inputs.labels.items())),
         certificate_valid=identity is not None and identity.certificate_valid,
         revoked=identity is not None and identity.revoked,
-        posture=posture, risk=0 if signals is None else signals.risk,
+        posture=posture, risk=inputs.risk,
     )  # fmt: skip
 
 

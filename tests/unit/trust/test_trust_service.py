@@ -35,7 +35,7 @@ from fleetguard.trust import (
     device_topic,
 )
 from fleetguard.trust.evaluator import ALERT_AFTER, ContinuousEvaluator, EnforcementReport
-from fleetguard.trust.service import AccessPlan, TopicGrant
+from fleetguard.trust.service import AccessPlan, TopicGrant, TrustService
 from fleetguard.types import utc_now
 
 RISKY = (
@@ -111,6 +111,36 @@ def test_quarantine_and_revocation_deny_everything(runtime: Runtime) -> None:
     assert revoked.denied_everything
     assert runtime.trust.facts("cam-2").revoked
     assert revoked.decisions[0].policies == ("untrusted-identity-nothing",)
+
+
+def test_a_device_s_facts_judge_its_certificates_as_the_pki_does(runtime: Runtime) -> None:
+    [first] = runtime.pki.certificates(device_id="cam-2")
+    runtime.pki.revoke(first.serial, RevocationReason.SUPERSEDED, actor="ops")
+    runtime.pki.issue_device("cam-2", _csr("cam-2"), actor="ops")
+    runtime.inventory.register(DeviceSpec(id="cam-3", serial="CAM-3", manufacturer="Acme"), actor="ops")
+    runtime.trust.report_signals("cam-1", actor="monitor", risk=40, known_vulnerable=True)
+    for now in (utc_now(), first.not_after + dt.timedelta(seconds=1)):
+        identities = runtime.pki.identity_status(["cam-1", "cam-2", "cam-3"], now=now)
+        for device_id in ("cam-1", "cam-2", "cam-3"):
+            facts = runtime.trust.facts(device_id, now=now)
+            identity = identities.get(device_id)
+            assert (facts.certificate_valid, facts.revoked) == (
+                identity is not None and identity.certificate_valid,
+                identity is not None and identity.revoked,
+            ), (device_id, now)
+    assert (runtime.trust.facts("cam-2").certificate_valid, runtime.trust.facts("cam-2").revoked) == (
+        True,
+        False,
+    )
+    cam_3 = runtime.trust.facts("cam-3")
+    assert (cam_3.state, cam_3.device_type, cam_3.certificate_valid, cam_3.revoked) == (
+        "registered",
+        "",
+        False,
+        False,
+    )
+    cam_1 = runtime.trust.facts("cam-1")
+    assert (cam_1.risk, cam_1.posture.known_vulnerable) == (40, True)
 
 
 def test_a_firmware_below_the_minimum_is_not_compliant(runtime: Runtime) -> None:
@@ -253,6 +283,27 @@ def test_a_failed_enforcement_is_recorded_retried_with_backoff_and_alerted(runti
     [recovered] = evaluator.retry_due()
     assert recovered.status == "enforced"
     assert evaluator.status("cam-1").attempts == 0  # type: ignore[union-attr]
+
+
+def test_a_renewal_after_the_certificate_expired_is_re_decided(runtime: Runtime) -> None:
+    [expired] = runtime.pki.certificates(device_id="cam-1")
+    clock = [expired.not_after + dt.timedelta(minutes=1)]
+    trust = TrustService(
+        runtime.database, runtime.log, runtime.inventory, runtime.pki, clock=lambda: clock[0]
+    )
+    point = FakePoint()
+    evaluator = ContinuousEvaluator(trust, [point], runtime.database, runtime.log, clock=lambda: clock[0])
+    [denied] = evaluator.reconcile(["cam-1"])
+    assert (denied.changed, point.plans[-1].denied_everything) == (True, True)
+    renewed: dict[str, object] = {"action": "cert.renewed", "subject": "device:cam-1"}
+    assert evaluator.handle(renewed)[0].changed is False  # nothing changed yet: the same plan
+
+    runtime.pki.issue_device("cam-1", _csr("cam-1"), actor="ops", now=clock[0])
+    [outcome] = evaluator.handle(renewed)
+
+    assert (outcome.status, outcome.changed) == ("enforced", True)
+    assert point.plans[-1].connect is Outcome.ALLOW
+    assert evaluator.handle(renewed)[0].changed is False
 
 
 def test_events_that_are_not_about_inputs_are_ignored(runtime: Runtime) -> None:

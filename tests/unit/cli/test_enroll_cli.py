@@ -313,7 +313,7 @@ def test_the_enroll_tree_is_complete() -> None:
         ("enroll", "requests"),
         *(("enroll", "requests", c) for c in ("list", "approve", "reject")),
         ("enroll", "batch"),
-        *(("enroll", "batch", c) for c in ("list", "show", "verify")),
+        *(("enroll", "batch", c) for c in ("list", "show", "revoke", "verify")),
     }
 
 

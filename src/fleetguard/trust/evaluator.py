@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +59,9 @@ _BACKOFF_MAX_S = 300.0
 _ACTOR = "trust:evaluator"
 _DEVICE_ACTIONS = ("device.", "cert.issued", "cert.renewed", "cert.revoked", "trust.signals_changed")
 _FETCH = 256
+# How often the background loop looks for failed rows due again: well under the first backoff (1 s),
+# and not after every fetch (under load a fetch returns one event, and the look-up costs as much).
+_RETRY_EVERY_S = 0.2
 _ENFORCEMENT = EnforcementRow.__table__
 _PREVIOUS = Prepared(
     select(_ENFORCEMENT.c.desired_digest, _ENFORCEMENT.c.status, _ENFORCEMENT.c.attempts).where(
@@ -200,12 +204,15 @@ class ContinuousEvaluator:
         self._stop.clear()
 
         def run() -> None:
+            retry_at = 0.0
             try:
                 while not self._stop.is_set():
                     for delivery in subscription.fetch(_FETCH, timeout_s=0.2):
                         self._handle_delivery(delivery.payload)
                         delivery.ack()
-                    self.retry_due()
+                    if time.monotonic() >= retry_at:
+                        self.retry_due()
+                        retry_at = time.monotonic() + _RETRY_EVERY_S
             except FleetguardError:
                 _log.exception("the trust evaluator stopped; enforcement is not kept current")
                 raise

@@ -9,11 +9,9 @@ at the firewall (verified by the trust evaluator's read-back) and a release rest
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from dns_server import DnsServer
 from network_lab import Lab, lab_available
 from prerequisites import free_port, require
 from test_segment_nftables import CAMERA_MUD, CAMERA_URL, CONNECT, TCP_SERVER, UDP_ECHO
+from up_process import fleetguard_command, open_runtime
 from waiting import eventually, healthy, wait_for
 
 from fleetguard.config import Settings
@@ -54,21 +53,8 @@ class Gateway:
         return self.lab.run(host, CONNECT, args=[target, str(port), proto]).split()[0] == "open"
 
     def events(self, action: str) -> list[tuple[str, dict[str, object]]]:
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             return [(e.subject, e.details()) for e in runtime.log.entries(action=action, limit=1000)]
-
-
-@contextlib.contextmanager
-def _runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-def _fleetguard() -> list[str]:
-    return [str(Path(sys.executable).with_name("fleetguard"))]
 
 
 @pytest.fixture
@@ -96,17 +82,19 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
             FLEETGUARD_SEGMENT_DNS_PORT=str(names.port),
         )  # fmt: skip
         init = subprocess.run(
-            [*_fleetguard(), "init", "--trust-domain", "example.org", "--json"],
+            [*fleetguard_command(), "init", "--trust-domain", "example.org", "--json"],
             env=env, capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
         token = json.loads(init.stdout)["admin_token"]
-        subprocess.run([*_fleetguard(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60)
+        subprocess.run(
+            [*fleetguard_command(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60
+        )
         os.environ["FLEETGUARD_CA_PASSPHRASE"] = "segment test"
         settings = Settings(data_dir=data)
-        with _runtime(settings) as runtime:
+        with open_runtime(settings) as runtime:
             _camera(runtime)
         server = subprocess.Popen(
-            [*_fleetguard(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
+            [*fleetguard_command(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         api = f"http://127.0.0.1:{api_port}"

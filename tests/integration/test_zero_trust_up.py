@@ -12,14 +12,12 @@ Skipped when mosquitto is missing, except under CI.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from prerequisites import free_port
+from up_process import fleetguard_command, open_runtime
 from waiting import eventually, healthy, wait_for
 
 from fleetguard.config import Settings
@@ -56,10 +55,6 @@ def _require_mosquitto() -> None:
         pytest.skip("mosquitto is not installed")
 
 
-def _fleetguard() -> list[str]:
-    return [str(Path(sys.executable).with_name("fleetguard"))]
-
-
 @dataclass
 class Fleet:
     api: str
@@ -77,7 +72,7 @@ class Fleet:
 
     def enforced(self, device_id: str, connect: str) -> int:
         """Return how many verified enforcements of ``device_id`` with this connect outcome are logged."""
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             entries = runtime.log.entries(action="trust.enforced", limit=1000)
         return sum(
             1 for e in entries if e.subject == f"device:{device_id}" and e.details()["connect"] == connect
@@ -85,7 +80,7 @@ class Fleet:
 
     def trail(self, device_id: str) -> list[tuple[str, str, dict[str, object]]]:
         """Return the device's event trail (for failure messages)."""
-        with _runtime(self.settings) as runtime:
+        with open_runtime(self.settings) as runtime:
             entries = runtime.log.entries(limit=1000)
         return [(e.action, e.reason[:400]) for e in entries if e.subject == f"device:{device_id}"][-3:]
 
@@ -95,15 +90,6 @@ class Fleet:
             headers={"Authorization": f"Bearer {self.token}"}, timeout=10,
         )  # fmt: skip
         assert response.status_code == 200, response.text
-
-
-@contextlib.contextmanager
-def _runtime(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 class Device:
@@ -192,16 +178,18 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         FLEETGUARD_MQTT_CONTROL_PORT=str(control_port),
     )  # fmt: skip
     init = subprocess.run(
-        [*_fleetguard(), "init", "--trust-domain", "example.org", "--json"],
+        [*fleetguard_command(), "init", "--trust-domain", "example.org", "--json"],
         env=env, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     token = json.loads(init.stdout)["admin_token"]
-    subprocess.run([*_fleetguard(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60)
+    subprocess.run(
+        [*fleetguard_command(), "ca", "init"], env=env, capture_output=True, check=True, timeout=60
+    )
     files = tmp_path / "devices"
     files.mkdir()
     os.environ["FLEETGUARD_CA_PASSPHRASE"] = "zero trust test"
     settings = Settings(data_dir=data)
-    with _runtime(settings) as runtime:
+    with open_runtime(settings) as runtime:
         (files / "ca.pem").write_bytes(runtime.pki.trust_bundle(ChainFormat.PEM))
         for device_id in ("dev-1", "dev-2"):
             runtime.inventory.register(
@@ -211,7 +199,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             runtime.inventory.transition(device_id, Lifecycle.PROVISION, actor="t")
             runtime.inventory.transition(device_id, Lifecycle.ACTIVATE, actor="t")
     server = subprocess.Popen(
-        [*_fleetguard(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
+        [*fleetguard_command(), "up", "--port", str(api_port)], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     api = f"http://127.0.0.1:{api_port}"

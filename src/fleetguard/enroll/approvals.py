@@ -121,47 +121,35 @@ class ApprovalQueue:
         (manufacturer, serial), and the request that loses the race is answered with the winner's.
         """
         try:
-            return self._enqueue(identity, csr, device_id=device_id, source=source, reason=reason, now=now)
+            with self._db.transaction() as session:
+                latest = _latest(session, identity.manufacturer, identity.serial)
+                if latest is not None and latest.status == RequestStatus.PENDING.value:
+                    return _request(latest)  # a concurrent repeat of the same request got there first
+                pending = (
+                    select(func.count())
+                    .select_from(EnrollmentRequestRow)
+                    .where(EnrollmentRequestRow.status == RequestStatus.PENDING.value)
+                )
+                if session.execute(pending).scalar_one() >= self._max_pending:
+                    raise EnrollmentThrottled(
+                        f"{self._max_pending} enrollment requests await approval already",
+                        retry_after_s=self._retry_after_s,
+                    )
+                row = _new_row(identity, csr, device_id=device_id, source=source, now=now)
+                session.add(row)
+                session.flush()  # a concurrent first request of the same device is refused here
+                self._log.append(
+                    session,
+                    NewEvent(actor=f"est:{row.source}", subject=request_subject(row.id, device_id),
+                             action="enroll.queued", reason=reason, data=_data(row)),
+                    now=now,
+                )  # fmt: skip
+                return _request(row)
         except DuplicateKey:
             winner = self.latest(identity.manufacturer, identity.serial)
             if winner is None or winner.status is not RequestStatus.PENDING:
                 raise  # a refusal for another reason: nothing to answer with
             return winner
-
-    def _enqueue(
-        self,
-        identity: FactoryIdentity,
-        csr: ValidatedCsr,
-        *,
-        device_id: str | None,
-        source: str,
-        reason: str,
-        now: dt.datetime,
-    ) -> QueuedRequest:
-        with self._db.transaction() as session:
-            latest = _latest(session, identity.manufacturer, identity.serial)
-            if latest is not None and latest.status == RequestStatus.PENDING.value:
-                return _request(latest)  # a concurrent repeat of the same request got there first
-            pending = (
-                select(func.count())
-                .select_from(EnrollmentRequestRow)
-                .where(EnrollmentRequestRow.status == RequestStatus.PENDING.value)
-            )
-            if session.execute(pending).scalar_one() >= self._max_pending:
-                raise EnrollmentThrottled(
-                    f"{self._max_pending} enrollment requests await approval already",
-                    retry_after_s=self._retry_after_s,
-                )
-            row = _new_row(identity, csr, device_id=device_id, source=source, now=now)
-            session.add(row)
-            session.flush()  # a concurrent first request of the same device is refused here
-            self._log.append(
-                session,
-                NewEvent(actor=f"est:{row.source}", subject=request_subject(row.id, device_id),
-                         action="enroll.queued", reason=reason, data=_data(row)),
-                now=now,
-            )  # fmt: skip
-            return _request(row)
 
     def get(self, request_id: str) -> QueuedRequest:
         """Return the request; raise ``EnrollmentNotFound``."""
